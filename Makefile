@@ -1,0 +1,38 @@
+# Two commands do all the set-up: `make demo` and `make test`.
+# Both (re)build .venv when it is missing or older than pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit sdk-suite bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m sdkguard demo
+
+test: $(STAMP) lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check sdkguard tests benchmarks
+	$(BIN)/ruff format --check sdkguard tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict sdkguard
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest
+
+sdk-suite: $(STAMP)
+	$(BIN)/python tools/sdk_suite.py
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
