@@ -1,0 +1,279 @@
+"""The attempt loop of one guarded call: a shared core (`GuardedCall`) and two thin drivers.
+
+`GuardedCall` turns what happened into the next step using the pure decision core; the sync
+and async drivers only send attempts, sleep, and hand streams to `_stream`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anthropic
+import anyio
+
+from sdkguard import _sdk
+from sdkguard._decide import (
+    BUDGET,
+    CallState,
+    Decision,
+    Failure,
+    Phase,
+    classify_exception,
+    classify_sse_error,
+    classify_status,
+)
+from sdkguard._errors import RetryEvent, StreamInterrupted, StreamStalled
+from sdkguard._policy import Policy
+
+logger = logging.getLogger("sdkguard")
+
+_STALL_LIMITS = {
+    "stall_response": "response_timeout",
+    "stall_idle": "idle_timeout",
+    "stall_progress": "progress_timeout",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What a driver does next: wait and try again, or raise `error`."""
+
+    wait: float = 0.0
+    error: BaseException | None = None
+
+
+def _min(*values: float | None) -> float | None:
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
+
+
+def add_note(err: BaseException, note: str) -> None:
+    if sys.version_info >= (3, 11):
+        err.add_note(note)
+    else:  # PEP 678 by hand
+        notes = getattr(err, "__notes__", None)
+        if notes is None:
+            notes = []
+            err.__notes__ = notes  # type: ignore[attr-defined]
+        notes.append(note)
+
+
+class GuardedCall:
+    """One logical call: its policy, its retry state and the SDK objects every attempt needs."""
+
+    __slots__ = (
+        "_attempt_started",
+        "_base_timeout",
+        "_idempotency_key",
+        "client",
+        "name",
+        "options",
+        "policy",
+        "state",
+        "stream",
+    )
+
+    def __init__(self, client: Any, options: Any, *, stream: bool, policy: Policy) -> None:
+        self.client = client
+        self.stream = stream
+        self.policy = policy
+        self.name = _sdk.call_name(options)
+        self.options = options
+        self._idempotency_key = _sdk.idempotency_key(client, options)
+        self._base_timeout = _sdk.effective_timeout(client, options)
+        now = time.monotonic()
+        self.state = CallState(policy, started_at=now)
+        self._attempt_started = now
+
+    # -- attempts -------------------------------------------------------------------------
+
+    def attempt_options(self) -> Any:
+        """Options for the next attempt: SDK retries off, its retry count, our timeouts."""
+        self._attempt_started = now = time.monotonic()
+        policy = self.policy
+        remaining = self.state.remaining(now)
+        base = self._base_timeout
+        read = _min(base.read, policy.response_timeout if self.stream else None, remaining)
+        timeout = _sdk.make_timeout(
+            connect=_min(base.connect, policy.connect_timeout, remaining),
+            read=read,
+            write=base.write,
+            pool=_min(base.pool, remaining),
+        )
+        return _sdk.attempt_options(
+            self.options, self.state.attempt - 1, timeout, self._idempotency_key
+        )
+
+    def body_read_timeout(self) -> float | None:
+        """The per-read limit of a stream's body: the idle limit, within the deadline."""
+        return _min(
+            self._base_timeout.read,
+            self.policy.idle_timeout,
+            self.state.remaining(time.monotonic()),
+        )
+
+    def succeeded(self) -> None:
+        if self.policy.retry_budget:
+            BUDGET.refund(self.policy.budget_success_refund)
+
+    # -- failures -------------------------------------------------------------------------
+
+    def classify(self, err: BaseException, phase: Phase) -> Failure | None:
+        if isinstance(err, _sdk.StallDetected):
+            return Failure(
+                "stall_progress", "no content arrived, only pings", True, None, timeout=True
+            )
+        if isinstance(err, _sdk.IncompleteStream):
+            return Failure("stream_incomplete", "the stream ended without message_stop", True)
+        if isinstance(err, anthropic.APIStatusError):
+            response = err.response
+            if response.status_code < 400:  # an `event: error` inside a 200 stream
+                return classify_sse_error(_sdk.error_type(err.body))
+            return classify_status(
+                response.status_code,
+                response.headers,
+                policy=self.policy,
+                wall_now=time.time(),
+                client_should_retry=lambda: bool(self.client._should_retry(response)),
+            )
+        return classify_exception(err, phase=phase, stream=self.stream)
+
+    def failed(
+        self,
+        err: Exception,
+        phase: Phase,
+        *,
+        committed: bool = False,
+        partial: Callable[[], Any] | None = None,
+    ) -> Step:
+        """The step after attempt `self.state.attempt` raised `err`."""
+        failure = self.classify(err, phase)
+        if failure is None:  # not the network's or the API's doing: leave it exactly as raised
+            return Step(error=err)
+        now = time.monotonic()
+        duration = now - self._attempt_started
+        if committed:
+            decision = Decision(False, why_not="content had already reached the caller")
+        else:
+            decision = self.state.decide(failure, now=now, rand=random.random())
+        self.state = self.state.record(failure, duration, decision.wait if decision.retry else None)
+        if decision.retry:
+            self._announce(failure, err, decision.wait, now)
+            return Step(wait=decision.wait)
+        return Step(error=self._give_up(err, failure, decision, committed, partial))
+
+    def _announce(self, failure: Failure, err: BaseException, wait: float, now: float) -> None:
+        attempt, max_attempts = self.state.attempt, self.policy.max_attempts
+        logger.warning(
+            "%s: %s; retrying in %.1f s (attempt %d of %d)",
+            self.name,
+            failure.description,
+            wait,
+            attempt,
+            max_attempts,
+        )
+        if self.policy.on_retry:
+            event = RetryEvent(
+                call=self.name,
+                attempt=attempt,
+                max_attempts=max_attempts,
+                reason=failure.reason,
+                description=failure.description,
+                error=err,
+                wait=wait,
+                elapsed=now - self.state.started_at,
+            )
+            for hook in self.policy.on_retry:
+                try:
+                    hook(event)
+                except Exception:
+                    logger.exception("%s: on_retry hook %r raised; ignored", self.name, hook)
+
+    def _give_up(
+        self,
+        err: Exception,
+        failure: Failure,
+        decision: Decision,
+        committed: bool,
+        partial: Callable[[], Any] | None,
+    ) -> BaseException:
+        state = self.state
+        if failure.retryable:
+            logger.error(
+                "%s: giving up after %d attempt%s: %s (%s)",
+                self.name,
+                state.attempt,
+                "" if state.attempt == 1 else "s",
+                failure.description,
+                decision.why_not,
+            )
+        request = _sdk.request_of(err)
+        error: BaseException = err
+        if committed and not isinstance(err, anthropic.APIStatusError):
+            error = StreamInterrupted(
+                f"{self.name}: stream interrupted after content was delivered: "
+                f"{failure.description}",
+                request=request,
+                partial_message=partial() if partial is not None else None,
+                attempts=state.history,
+                reason=failure.reason,
+            )
+        elif failure.reason in _STALL_LIMITS:
+            limit_name = _STALL_LIMITS[failure.reason]
+            limit = getattr(self.policy, limit_name)
+            error = StreamStalled(
+                f"{self.name}: {failure.description} ({limit_name}={limit:g} s)",
+                request=request,
+                reason=failure.reason,
+                limit=limit,
+            )
+        elif not isinstance(err, anthropic.APIError):
+            # A raw transport error from a body read, or our own end-of-stream check: give
+            # handlers the SDK's type for a connection failure.
+            error = anthropic.APIConnectionError(
+                message=f"{self.name}: {failure.description}", request=request
+            )
+        if error is not err:
+            error.__cause__ = err
+        if failure.retryable:
+            for line in state.notes():
+                add_note(error, line)
+            add_note(error, f"sdkguard gave up: {decision.why_not}")
+        return error
+
+
+# -- drivers ---------------------------------------------------------------------------------
+
+
+def open_sync(call: GuardedCall, send: Callable[[Any], Any]) -> Any:
+    """Send attempts until one gets a response (headers, or a whole non-streaming answer)."""
+    while True:
+        try:
+            return send(call.attempt_options())
+        except Exception as err:
+            step = call.failed(err, "response")
+            if step.error is err:
+                raise
+            if step.error is not None:
+                raise step.error from err
+            time.sleep(step.wait)
+
+
+async def open_async(call: GuardedCall, send: Callable[[Any], Awaitable[Any]]) -> Any:
+    """`open_sync` for the async client."""
+    while True:
+        try:
+            return await send(call.attempt_options())
+        except Exception as err:
+            step = call.failed(err, "response")
+            if step.error is err:
+                raise
+            if step.error is not None:
+                raise step.error from err
+            await anyio.sleep(step.wait)

@@ -1,0 +1,325 @@
+"""The decision core: classify a failure, decide whether to retry, compute the wait.
+
+Nothing here does I/O, sleeps or reads a clock: time and randomness come in as arguments,
+so the sync and async drivers share every decision and the core can be tested exhaustively.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import errno
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from sdkguard._policy import Policy
+
+__all__ = [
+    "AttemptRecord",
+    "CallState",
+    "Decision",
+    "Failure",
+    "RetryBudget",
+    "classify_exception",
+    "classify_sse_error",
+    "classify_status",
+    "parse_retry_after",
+]
+
+Phase = Literal["response", "body"]
+"""Where a failure happened: before the response headers arrived, or while reading the body."""
+
+# SSE `error` event types the API sends for transient trouble.
+RETRYABLE_SSE_ERRORS = frozenset({"overloaded_error", "api_error", "rate_limit_error"})
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One failed attempt, as the core understands it."""
+
+    reason: str
+    """Stable reason code: `connection_reset`, `stall_idle`, `status_529`, ..."""
+    description: str
+    """Human words for log lines: `connection reset by peer (ECONNRESET)`."""
+    retryable: bool
+    retry_after: float | None = None
+    """The wait the server asked for, in seconds, when it asked."""
+    timeout: bool = False
+    """A timeout or stall: costs more of the retry budget."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """What one attempt of a call came to."""
+
+    number: int
+    reason: str
+    description: str
+    duration: float
+    wait: float | None
+    """The wait that followed it (None: no further attempt)."""
+
+    def note(self, max_attempts: int) -> str:
+        line = f"attempt {self.number} of {max_attempts}: {self.reason} after {self.duration:.2f} s"
+        return line if self.wait is None else f"{line}; waited {self.wait:.1f} s"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    retry: bool
+    wait: float = 0.0
+    why_not: str | None = None
+    """Why the call gives up (None when it retries)."""
+
+
+class RetryBudget:
+    """A process-wide token bucket, as in the AWS SDKs' standard retry mode.
+
+    Retries spend tokens and successful calls refund some, so a healthy process never notices
+    it, while an outage does not turn every call into `max_attempts` requests.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spent = 0.0  # tokens spent below capacity; 0 = full, whatever the capacity
+
+    def try_spend(self, cost: float, capacity: float) -> bool:
+        with self._lock:
+            if self._spent + cost > capacity:
+                return False
+            self._spent += cost
+            return True
+
+    def refund(self, amount: float) -> None:
+        if self._spent:  # the common case, a full bucket, takes no lock
+            with self._lock:
+                self._spent = max(0.0, self._spent - amount)
+
+    def available(self, capacity: float) -> float:
+        return max(0.0, capacity - self._spent)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._spent = 0.0
+
+
+BUDGET = RetryBudget()
+
+
+@dataclass(frozen=True, slots=True)
+class CallState:
+    """The retry state of one logical call: immutable, each failure yields the next state."""
+
+    policy: Policy
+    started_at: float
+    attempt: int = 1
+    history: tuple[AttemptRecord, ...] = ()
+
+    def remaining(self, now: float) -> float | None:
+        """Seconds left of the deadline (None: no deadline)."""
+        if self.policy.deadline is None:
+            return None
+        return self.started_at + self.policy.deadline - now
+
+    def decide(
+        self,
+        failure: Failure,
+        *,
+        now: float,
+        rand: float,
+        budget: RetryBudget | None = BUDGET,
+    ) -> Decision:
+        """Retry or give up after `failure`; `rand` in [0, 1) draws the jitter."""
+        policy = self.policy
+        if not failure.retryable:
+            return Decision(False, why_not="not retryable")
+        if self.attempt >= policy.max_attempts:
+            return Decision(False, why_not=f"all {policy.max_attempts} attempts failed")
+        if failure.retry_after is not None and failure.retry_after > policy.max_retry_after:
+            return Decision(
+                False,
+                why_not=(
+                    f"the server asked to wait {failure.retry_after:.1f} s, "
+                    f"more than max_retry_after ({policy.max_retry_after:g} s)"
+                ),
+            )
+        wait = self.backoff(rand) if failure.retry_after is None else max(failure.retry_after, 0.0)
+        remaining = self.remaining(now)
+        if remaining is not None and wait >= remaining:
+            return Decision(False, why_not=f"the deadline ({policy.deadline:g} s) would pass")
+        if budget is not None and policy.retry_budget:
+            cost = policy.budget_timeout_cost if failure.timeout else policy.budget_retry_cost
+            if not budget.try_spend(cost, policy.budget_capacity):
+                return Decision(False, why_not="the process-wide retry budget is exhausted")
+        return Decision(True, wait=wait)
+
+    def backoff(self, rand: float) -> float:
+        """The computed wait before attempt `self.attempt + 1`, jitter applied."""
+        policy = self.policy
+        exponent = min(self.attempt - 1, 1000)  # attempt 2 waits backoff_initial
+        try:
+            base = policy.backoff_initial * policy.backoff_multiplier**exponent
+        except OverflowError:
+            base = policy.backoff_max
+        return min(policy.backoff_max, base) * (1.0 - policy.jitter * rand)
+
+    def record(self, failure: Failure, duration: float, wait: float | None) -> CallState:
+        """The state after this attempt failed: the next attempt when `wait` is not None."""
+        entry = AttemptRecord(self.attempt, failure.reason, failure.description, duration, wait)
+        next_attempt = self.attempt + 1 if wait is not None else self.attempt
+        return replace(self, attempt=next_attempt, history=(*self.history, entry))
+
+    def notes(self) -> list[str]:
+        return [entry.note(self.policy.max_attempts) for entry in self.history]
+
+
+def parse_retry_after(headers: Mapping[str, str], wall_now: float) -> float | None:
+    """`retry-after-ms`, then `retry-after` (seconds or an HTTP date), in seconds."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            return float(raw_ms) / 1000.0
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    parsed = email.utils.parsedate_tz(raw)
+    if parsed is None:
+        return None
+    return float(email.utils.mktime_tz(parsed)) - wall_now
+
+
+def classify_status(
+    status: int,
+    headers: Mapping[str, str],
+    *,
+    policy: Policy,
+    wall_now: float,
+    client_should_retry: Callable[[], bool],
+) -> Failure:
+    """An error status. Precedence: `x-should-retry`, `retry_statuses`, then (401 only) the client.
+
+    The client's own `_should_retry` owns the 401 rule: with a token cache it invalidates the
+    token and allows exactly one retry.
+    """
+    reason = f"status_{status}"
+    should = headers.get("x-should-retry")
+    if should == "true":
+        retryable = True
+    elif should == "false":
+        retryable = False
+    elif status in policy.retry_statuses:
+        retryable = True
+    elif status == 401:
+        retryable = client_should_retry()
+    else:
+        retryable = False
+    retry_after = parse_retry_after(headers, wall_now) if retryable else None
+    return Failure(reason, f"HTTP {status}", retryable, retry_after, timeout=status == 408)
+
+
+def classify_sse_error(error_type: str | None) -> Failure:
+    """An `event: error` in a stream (HTTP 200): retried for the transient types only."""
+    name = error_type or "unknown_error"
+    return Failure(name, f"stream error event {name}", name in RETRYABLE_SSE_ERRORS)
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and len(chain) < 16 and all(c is not current for c in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _is_http_library_error(err: BaseException, name: str) -> bool:
+    # httpx, httpx2, httpcore and httpcore2 share these class names; matching on the name keeps
+    # the core independent of which one the installed SDK uses.
+    cls = type(err)
+    return cls.__name__ == name and cls.__module__.startswith(("httpx", "httpcore"))
+
+
+def _timed_out(reason: str, description: str) -> Failure:
+    return Failure(reason, description, retryable=True, timeout=True)
+
+
+def _os_failure(err: OSError, phase: Phase) -> Failure | None:
+    if isinstance(err, ConnectionRefusedError):
+        return Failure("connect_refused", "connection refused (ECONNREFUSED)", True)
+    if isinstance(err, (ConnectionResetError, ConnectionAbortedError)):
+        return Failure("connection_reset", "connection reset by peer (ECONNRESET)", True)
+    if isinstance(err, BrokenPipeError):
+        return Failure("connection_reset", "broken pipe (EPIPE)", True)
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return Failure("tls_certificate", "TLS certificate verification failed", False)
+    if isinstance(err, ssl.SSLError):
+        return Failure("tls_error", f"TLS error ({err.reason or 'unknown'})", True)
+    if isinstance(err, socket.gaierror):
+        if err.errno in (socket.EAI_AGAIN, getattr(socket, "EAI_SYSTEM", None)):
+            return Failure("dns", "temporary DNS failure (EAI_AGAIN)", True)
+        return Failure("dns_not_found", f"DNS lookup failed ({err.strerror})", False)
+    if err.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN):
+        return Failure("network_unreachable", "network unreachable (ENETUNREACH)", True)
+    if err.errno == errno.ETIMEDOUT:
+        reason = "connection_timeout" if phase == "body" else "connect_timeout"
+        return Failure(reason, "connection timed out (ETIMEDOUT)", True, timeout=True)
+    return None
+
+
+def classify_exception(err: BaseException, *, phase: Phase, stream: bool) -> Failure | None:
+    """A transport failure, or None when `err` is not a failure of the network or of the API.
+
+    `err` is what the SDK raised: an `APIConnectionError` whose cause is the transport error,
+    or, while a body is read, the raw transport error itself.
+    """
+    from anthropic import APIConnectionError, APITimeoutError, RetryableError
+
+    chain = _chain(err)
+    for item in chain:
+        if isinstance(item, RetryableError):
+            return Failure("retryable_error", "retry requested by middleware", True)
+    for item in chain:
+        if _is_http_library_error(item, "ReadTimeout"):
+            if not stream:
+                return Failure(
+                    "read_timeout", "no response within the read timeout", True, None, True
+                )
+            if phase == "response":
+                return Failure("stall_response", "no response headers in time", True, None, True)
+            return Failure("stall_idle", "the stream went silent", True, None, True)
+        if _is_http_library_error(item, "ConnectTimeout"):
+            return Failure("connect_timeout", "connect timed out", True, None, True)
+        if _is_http_library_error(item, "WriteTimeout"):
+            return Failure("write_timeout", "sending the request timed out", True, None, True)
+        if _is_http_library_error(item, "PoolTimeout"):
+            return Failure(
+                "pool_timeout", "no free connection in the pool in time", True, None, True
+            )
+    for item in chain:
+        if isinstance(item, OSError) and not isinstance(item, TimeoutError):
+            failure = _os_failure(item, phase)
+            if failure is not None:
+                return failure
+    for item in chain:
+        if _is_http_library_error(item, "RemoteProtocolError"):
+            return Failure("connection_closed", "the server closed the connection mid-answer", True)
+        if any(
+            _is_http_library_error(item, name)
+            for name in ("ReadError", "WriteError", "ConnectError", "NetworkError")
+        ):
+            return Failure("connection_error", f"connection error ({item})", True)
+    for item in chain:
+        if isinstance(item, APITimeoutError):
+            return Failure("timeout", "request timed out", True, None, True)
+        if isinstance(item, APIConnectionError):
+            return Failure("connection_error", "connection error", True)
+    return None

@@ -1,0 +1,243 @@
+"""Activation: one patch at the SDK's `request` choke point, applied when `anthropic` loads.
+
+`SyncAPIClient.request` and `AsyncAPIClient.request` carry every Messages call (create,
+stream, parse, beta, raw responses, tool runners, Bedrock, Vertex, Foundry). Patching them on
+the class, not the resources, also reaches the methods that resources copy at construction.
+The stream helpers' `until_done` is patched too, so that a `MessageStream` whose user only
+waits for the final message can restart at any point.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import wrapt
+
+from sdkguard._policy import Policy, apply_scopes, scoped_changes
+
+__all__ = ["current_policy", "install", "is_installed", "uninstall"]
+
+
+@dataclass
+class _State:
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    installed: bool = False
+    hook_registered: bool = False
+    policy: Policy = field(default_factory=Policy)
+    # (owner, attribute, original value from the owner's __dict__), to restore exactly
+    originals: list[tuple[type, str, Any]] = field(default_factory=list)
+
+
+_state = _State()
+
+
+def install(policy: Policy | None = None, **fields: Any) -> None:
+    """Guard every Messages call made with the anthropic SDK, now or once it is imported.
+
+    With no argument the policy comes from the defaults and the `SDKGUARD_*` environment
+    variables; fields given here beat the environment (`install(max_attempts=8)`); a whole
+    `Policy` is used as it is. Calling `install()` again replaces the policy. Thread-safe.
+    """
+    if policy is not None and fields:
+        raise TypeError("install() takes either a Policy or policy fields, not both")
+    new_policy = policy if policy is not None else Policy.from_env(**fields)
+    if not isinstance(new_policy, Policy):
+        raise TypeError(f"install(policy=...) needs a sdkguard.Policy, got {type(policy)!r}")
+    with _state.lock:
+        _state.policy = new_policy
+        _state.installed = True
+        if not _state.hook_registered:
+            _state.hook_registered = True
+            # Runs at once when anthropic is already imported, else right after its import.
+            wrapt.register_post_import_hook(_on_anthropic_import, "anthropic")
+        elif "anthropic" in sys.modules:
+            _apply_patches()
+
+
+def uninstall() -> None:
+    """Restore every patched SDK method exactly as it was."""
+    with _state.lock:
+        _state.installed = False
+        for owner, name, original in reversed(_state.originals):
+            setattr(owner, name, original)
+        _state.originals.clear()
+
+
+def is_installed() -> bool:
+    """Whether `install()` is in effect."""
+    return _state.installed
+
+
+def current_policy() -> Policy:
+    """The policy of a call made here and now: installed policy, then `policy()` scopes."""
+    scopes = scoped_changes()
+    return apply_scopes(_state.policy, scopes) if scopes else _state.policy
+
+
+def _on_anthropic_import(module: object) -> None:
+    with _state.lock:
+        if _state.installed:
+            _apply_patches()
+
+
+def _patch(owner: type, name: str, wrapper: Callable[..., Any]) -> None:
+    original = owner.__dict__[name]
+    setattr(owner, name, wrapt.FunctionWrapper(original, wrapper))
+    _state.originals.append((owner, name, original))
+
+
+def _apply_patches() -> None:
+    if _state.originals:
+        return
+    from anthropic import _base_client
+
+    _patch(_base_client.SyncAPIClient, "request", _sync_request)
+    _patch(_base_client.AsyncAPIClient, "request", _async_request)
+    for module_name, class_names in _STREAM_HELPERS:
+        module = sys.modules.get(module_name) or _import(module_name)
+        for class_name in class_names:
+            helper = getattr(module, class_name, None)
+            if helper is None or "until_done" not in helper.__dict__:
+                continue
+            is_async = class_name.startswith(("Async", "BetaAsync"))
+            _patch(helper, "until_done", _async_until_done if is_async else _sync_until_done)
+
+
+_STREAM_HELPERS = (
+    ("anthropic.lib.streaming._messages", ("MessageStream", "AsyncMessageStream")),
+    ("anthropic.lib.streaming._beta_messages", ("BetaMessageStream", "BetaAsyncMessageStream")),
+)
+
+
+def _import(name: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def _bind(
+    cast_to: Any, options: Any, *_: Any, stream: bool = False, stream_cls: Any = None, **__: Any
+) -> tuple[Any, Any, bool, Any]:
+    return cast_to, options, stream, stream_cls
+
+
+def _guarded_policy(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Policy | None:
+    """The policy for this request, or None when sdkguard leaves it alone."""
+    from sdkguard._sdk import is_guarded_request
+
+    options = args[1] if len(args) > 1 else kwargs.get("options")
+    if options is None or not is_guarded_request(options):
+        return None
+    policy = current_policy()
+    return policy if policy.enabled else None
+
+
+def _sync_request(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    policy = _guarded_policy(args, kwargs)
+    if policy is None:
+        return wrapped(*args, **kwargs)
+    from sdkguard._call import GuardedCall, open_sync
+    from sdkguard._stream import adopt_sync
+
+    cast_to, options, stream, stream_cls = _bind(*args, **kwargs)
+    call = GuardedCall(instance, options, stream=stream, policy=policy)
+
+    def send(attempt_options: Any) -> Any:
+        return wrapped(cast_to, attempt_options, stream=stream, stream_cls=stream_cls)
+
+    result = open_sync(call, send)
+    if stream:
+        return adopt_sync(call, result, send)
+    call.succeeded()
+    return result
+
+
+def _async_request(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    policy = _guarded_policy(args, kwargs)
+    if policy is None:
+        return wrapped(*args, **kwargs)
+    return _guarded_async_request(wrapped, instance, policy, *_bind(*args, **kwargs))
+
+
+async def _guarded_async_request(
+    wrapped: Callable[..., Any],
+    instance: Any,
+    policy: Policy,
+    cast_to: Any,
+    options: Any,
+    stream: bool,
+    stream_cls: Any,
+) -> Any:
+    from sdkguard._call import GuardedCall, open_async
+    from sdkguard._stream import adopt_async
+
+    call = GuardedCall(instance, options, stream=stream, policy=policy)
+
+    async def send(attempt_options: Any) -> Any:
+        return await wrapped(cast_to, attempt_options, stream=stream, stream_cls=stream_cls)
+
+    result = await open_async(call, send)
+    if stream:
+        return adopt_async(call, result, send)
+    call.succeeded()
+    return result
+
+
+def _restartable_guard(helper: Any) -> Any:
+    """The guard of a stream helper's raw stream, if nothing has reached the user yet."""
+    guard = getattr(getattr(helper, "_raw_stream", None), "_sdkguard", None)
+    if guard is None or guard.delivery.committed or guard.restart_hook is not None:
+        return None
+    return guard
+
+
+def _sync_until_done(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    guard = _restartable_guard(instance)
+    if guard is None:
+        return wrapped(*args, **kwargs)
+    from sdkguard._sdk import reset_message_stream
+
+    guard.restart_hook = functools.partial(reset_message_stream, instance)
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        guard.restart_hook = None
+
+
+def _async_until_done(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    guard = _restartable_guard(instance)
+    if guard is None:
+        return wrapped(*args, **kwargs)
+    return _guarded_async_until_done(wrapped, instance, guard, args, kwargs)
+
+
+async def _guarded_async_until_done(
+    wrapped: Callable[..., Any],
+    instance: Any,
+    guard: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    from sdkguard._sdk import reset_message_stream
+
+    guard.restart_hook = functools.partial(reset_message_stream, instance)
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        guard.restart_hook = None

@@ -1,0 +1,213 @@
+"""Everything sdkguard knows about the SDK's internals, in one place.
+
+The rest of sdkguard talks to the SDK through these functions, so a difference between SDK
+versions (httpx or httpx2, how a `Stream` builds its iterator, private attribute names) is
+handled here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anthropic
+from anthropic import _base_client
+
+__all__ = [
+    "MESSAGE_PATHS",
+    "SDK_VERSION",
+    "attempt_options",
+    "call_name",
+    "effective_timeout",
+    "error_type",
+    "http",
+    "make_timeout",
+]
+
+SDK_VERSION: str = anthropic.__version__
+
+# The HTTP library the SDK is built on: httpx up to 0.x, httpx2 from 1.0.
+http: Any = vars(_base_client).get("httpx2") or vars(_base_client)["httpx"]
+
+MESSAGE_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
+_RETRY_COUNT_HEADER = "x-stainless-retry-count"
+_HELPER_METHOD_HEADER = "x-stainless-helper-method"
+
+
+def is_guarded_request(options: Any) -> bool:
+    """POST to a Messages endpoint: the only requests sdkguard takes over."""
+    if options.method.lower() != "post":
+        return False
+    url: str = options.url
+    query = url.find("?")
+    return (url if query < 0 else url[:query]) in MESSAGE_PATHS
+
+
+def call_name(options: Any) -> str:
+    """The SDK method behind a request, for log lines: `beta.messages.stream`, ..."""
+    url: str = options.url
+    prefix = "beta.messages." if "beta=true" in url else "messages."
+    if url.split("?", 1)[0].endswith("/count_tokens"):
+        return prefix + "count_tokens"
+    headers = options.headers if isinstance(options.headers, dict) else {}
+    for key, value in headers.items():
+        if key.lower() == _HELPER_METHOD_HEADER and value == "stream":
+            return prefix + "stream"
+    return prefix + "create"
+
+
+def idempotency_key(client: Any, options: Any) -> str | None:
+    """The key every attempt of a call shares, as in the SDK's own retry loop."""
+    key: str | None = options.idempotency_key or client._idempotency_key()
+    return key
+
+
+def attempt_options(options: Any, retries_taken: int, timeout: Any, key: str | None) -> Any:
+    """The options of one attempt: the SDK's own retries off, its retry count, our timeout."""
+    attempt = options.model_copy()
+    attempt.max_retries = 0
+    attempt.idempotency_key = key
+    attempt.timeout = timeout
+    headers = options.headers if isinstance(options.headers, dict) else {}
+    attempt.headers = {**headers, _RETRY_COUNT_HEADER: str(retries_taken)}
+    return attempt
+
+
+def effective_timeout(client: Any, options: Any) -> Any:
+    """The timeout the SDK would use for this call, as an http `Timeout`."""
+    value = options.timeout
+    if isinstance(value, anthropic.NotGiven):
+        value = client.timeout
+    return value if isinstance(value, http.Timeout) else http.Timeout(value)
+
+
+def make_timeout(
+    *, connect: float | None, read: float | None, write: float | None, pool: float | None
+) -> Any:
+    return http.Timeout(connect=connect, read=read, write=write, pool=pool)
+
+
+def set_body_read_timeout(response: Any, read: float | None) -> None:
+    """Give the body of `response` its own per-read limit (the headers had another).
+
+    The transport takes the read limit of a body from the request's `timeout` extension when
+    the body starts to be read, so replacing it between headers and body is enough.
+    """
+    request = response.request
+    timeouts = request.extensions.get("timeout")
+    if timeouts is not None:
+        request.extensions["timeout"] = {**timeouts, "read": read}
+
+
+def request_of(err: BaseException) -> Any:
+    """The http request behind an error, for the SDK error classes that need one."""
+    request = getattr(err, "request", None)
+    if request is None:
+        response = getattr(err, "response", None)
+        request = getattr(response, "request", None)
+    if request is None:
+        request = http.Request("POST", "https://api.anthropic.com/v1/messages")
+    return request
+
+
+def error_type(body: object) -> str | None:
+    """`overloaded_error` from the body of an `event: error`."""
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("type"), str):
+            return str(error["type"])
+    return None
+
+
+# -- streams --------------------------------------------------------------------------------
+
+
+def is_event_stream(value: object) -> bool:
+    return isinstance(value, (anthropic.Stream, anthropic.AsyncStream))
+
+
+def http_response_of(value: Any) -> Any:
+    """The http response of a `Stream` or of a raw-response wrapper."""
+    return getattr(value, "response", None) or getattr(value, "http_response", None)
+
+
+def take_iterator(stream: Any, replacement: Any) -> Any:
+    """Return the stream's own event iterator and put `replacement` in its place.
+
+    Up to 1.x `Stream.__init__` builds `_iterator`; from 2.0 it is a cached property built on
+    first use. Reading it and then writing the instance attribute works for both.
+    """
+    own = stream._iterator
+    stream.__dict__["_iterator"] = replacement
+    return own
+
+
+def own_iterator(stream: Any) -> Any:
+    return stream._iterator
+
+
+class StallDetected(Exception):
+    """Pings kept arriving, content did not (the progress limit)."""
+
+
+class IncompleteStream(Exception):
+    """The body ended cleanly but without `message_stop`."""
+
+
+class _ProgressWatch:
+    """Wraps a stream's SSE decoder to see raw events, pings included, before the SDK drops them.
+
+    A ping more than `limit` seconds after the last other event means the server is alive but
+    the message makes no progress. Costs one clock read per event; no timer, no thread.
+    """
+
+    __slots__ = ("_decoder", "_limit")
+
+    def __init__(self, decoder: Any, limit: float) -> None:
+        self._decoder = decoder
+        self._limit = limit
+
+    def iter_bytes(self, iterator: Iterator[bytes]) -> Iterator[Any]:
+        limit, clock = self._limit, time.monotonic
+        last = clock()
+        for sse in self._decoder.iter_bytes(iterator):
+            now = clock()
+            if sse.event != "ping":
+                last = now
+            elif now - last > limit:
+                raise StallDetected(f"no content for {now - last:.2f} s")
+            yield sse
+
+    async def aiter_bytes(self, iterator: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+        limit, clock = self._limit, time.monotonic
+        last = clock()
+        async for sse in self._decoder.aiter_bytes(iterator):
+            now = clock()
+            if sse.event != "ping":
+                last = now
+            elif now - last > limit:
+                raise StallDetected(f"no content for {now - last:.2f} s")
+            yield sse
+
+
+def watch_progress(stream: Any, limit: float) -> None:
+    """Check the progress limit on every raw event of `stream` (before its iterator exists)."""
+    stream._decoder = _ProgressWatch(stream._decoder, limit)
+
+
+def reset_message_stream(helper: Any) -> None:
+    """Forget what a `MessageStream` accumulated, so a restarted stream builds a fresh message.
+
+    The helper keeps its snapshot in name-mangled attributes (`_MessageStream__...`,
+    `_BetaMessageStream__...`, async twins); match them by suffix.
+    """
+    for name in list(vars(helper)):
+        if name.endswith("__final_message_snapshot"):
+            setattr(helper, name, None)
+        elif name.endswith("__json_bufs"):
+            setattr(helper, name, {})
+
+
+def raw_stream_of(helper: Any) -> Any:
+    return getattr(helper, "_raw_stream", None)
