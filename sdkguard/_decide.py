@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import errno
+import json
 import socket
 import ssl
 import threading
@@ -283,6 +284,9 @@ def classify_exception(err: BaseException, *, phase: Phase, stream: bool) -> Fai
     """
     from anthropic import APIConnectionError, APITimeoutError, RetryableError
 
+    if isinstance(err, json.JSONDecodeError):
+        # Raised by the SDK parsing a 2xx body or an event's data: a corrupt transfer.
+        return Failure("malformed_answer", "the answer is not valid JSON", True)
     chain = _chain(err)
     for item in chain:
         if isinstance(item, RetryableError):

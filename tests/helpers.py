@@ -1,0 +1,117 @@
+"""Consume a call the way users do, sync or async, and record what the consumer saw."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anthropic
+import anyio
+
+from sdkguard.testing import FakeAnthropic, SentResponse
+
+MESSAGE_ARGS: dict[str, Any] = {
+    "model": "claude-test",
+    "max_tokens": 64,
+    "messages": [{"role": "user", "content": "secret prompt text"}],
+}
+API_KEY = "sk-test-secret-key"
+
+# How a user reads a call: a raw stream, a plain call, the stream helper event by event, or
+# the stream helper waiting for its final message only.
+MODES = ("create_stream", "create", "stream_events", "stream_final")
+RAW_EVENT_TYPES = frozenset(
+    {
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    }
+)
+
+
+@dataclass
+class Seen:
+    """What the consumer saw: raw events (as data dicts) and/or the final message."""
+
+    events: list[tuple[str, dict[str, Any]]] | None = None
+    message: Any = None
+    stream_events: list[str] = field(default_factory=list)
+
+
+def consume_sync(client: anthropic.Anthropic, mode: str, **extra: Any) -> Seen:
+    args = {**MESSAGE_ARGS, **extra}
+    if mode == "create":
+        return Seen(message=client.messages.create(**args))
+    if mode == "create_stream":
+        with client.messages.create(**args, stream=True) as stream:
+            return Seen(events=[(e.type, e.to_dict()) for e in stream])
+    with client.messages.stream(**args) as helper:
+        if mode == "stream_final":
+            return Seen(message=helper.get_final_message())
+        types = [e.type for e in helper]
+        return Seen(message=helper.get_final_message(), stream_events=types)
+
+
+async def consume_async(client: anthropic.AsyncAnthropic, mode: str, **extra: Any) -> Seen:
+    args = {**MESSAGE_ARGS, **extra}
+    if mode == "create":
+        return Seen(message=await client.messages.create(**args))
+    if mode == "create_stream":
+        async with await client.messages.create(**args, stream=True) as stream:
+            return Seen(events=[(e.type, e.to_dict()) async for e in stream])
+    async with client.messages.stream(**args) as helper:
+        if mode == "stream_final":
+            return Seen(message=await helper.get_final_message())
+        types = [e.type async for e in helper]
+        return Seen(message=await helper.get_final_message(), stream_events=types)
+
+
+def consume(flavour: str, server: FakeAnthropic, mode: str, **client_args: Any) -> Seen:
+    """One call in `mode`, with a new sync or async client."""
+    client_args = {"base_url": server.url, "api_key": API_KEY, **client_args}
+    if flavour == "sync":
+        with anthropic.Anthropic(**client_args) as client:
+            return consume_sync(client, mode)
+
+    async def run() -> Seen:
+        async with anthropic.AsyncAnthropic(**client_args) as client:
+            return await consume_async(client, mode)
+
+    return anyio.run(run)
+
+
+def sent_message_text(sent: SentResponse) -> str:
+    if sent.body is not None and sent.headers.get("content-type", "").startswith(
+        "application/json"
+    ):
+        body = json.loads(sent.body)
+        return "".join(b.get("text", "") for b in body["content"])
+    return sent.text
+
+
+def message_text(message: Any) -> str:
+    return "".join(getattr(block, "text", "") for block in message.content)
+
+
+def assert_one_clean_message(seen: Seen, sent: SentResponse) -> None:
+    """The consumer saw exactly what the server sent in its successful attempt."""
+    deadline = time.monotonic() + 2.0  # the server records completion just after its last write
+    while not sent.completed and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert sent.completed, sent
+    if seen.events is not None:
+        assert seen.events == sent.content_events()
+        types = [t for t, _ in seen.events]
+        assert types.count("message_start") == 1 and types[-1] == "message_stop"
+        indices = [d["index"] for t, d in seen.events if t == "content_block_start"]
+        assert indices == list(range(len(indices)))
+    if seen.stream_events:
+        raw = [t for t in seen.stream_events if t in RAW_EVENT_TYPES]
+        assert raw == [t for t, _ in sent.content_events()]
+    if seen.message is not None:
+        assert message_text(seen.message) == sent_message_text(sent)

@@ -1,0 +1,233 @@
+"""Every fault of the kit, sync and async, in every way of reading a call: the contract holds.
+
+Real HTTP over loopback against the fake server; faults happen at the socket level.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anthropic
+import pytest
+
+import sdkguard
+from sdkguard.testing import FakeAnthropic, faults
+from sdkguard.testing.faults import Answer
+from tests.helpers import MODES, assert_one_clean_message, consume
+
+pytestmark = [pytest.mark.timeout(20), pytest.mark.usefixtures("guard")]
+FLAVOURS = ("sync", "async")
+# The client's own read limit is short so that a plain call stalled before its answer ends
+# in tenths of a second (sdkguard keeps the SDK's read timeout for non-streaming calls).
+CLIENT = {"timeout": anthropic.Timeout(0.4, connect=0.5)}
+
+# Each fails its attempt before any content (events: 1 message_start, 2 content_block_start,
+# 3 ping, 4 first delta), so every way of reading the call recovers transparently.
+BEFORE_CONTENT: dict[str, Answer] = {
+    "reset_before_headers": faults.reset_before_headers(),
+    "reset_after_message_start": faults.reset_after(1),
+    "reset_after_block_start": faults.reset_after(2),
+    "reset_after_ping": faults.reset_after(3),
+    "stall_before_headers": faults.stall_before_headers(),
+    "stall_after_block_start": faults.stall_after(2),
+    "status_529": faults.status(529),
+    "status_500": faults.status(500),
+    "status_429_retry_after_ms": faults.status(429, headers={"retry-after-ms": "20"}),
+    "status_503_retry_after": faults.status(503, headers={"retry-after": "0.05"}),
+    "status_400_should_retry_true": faults.status(400, headers={"x-should-retry": "true"}),
+    "sse_overloaded": faults.sse_error_after(2),
+    "sse_api_error": faults.sse_error_after(1, error_type="api_error"),
+    "sse_rate_limit": faults.sse_error_after(2, error_type="rate_limit_error"),
+    "truncate": faults.truncate_after(2),
+    "close_without_stop": faults.close_after(2),
+    "malformed_event": faults.malformed_after(2),
+}
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fault", list(BEFORE_CONTENT.values()), ids=list(BEFORE_CONTENT))
+def test_fault_before_content_is_recovered(
+    server: FakeAnthropic, flavour: str, mode: str, fault: Answer
+) -> None:
+    server.script(fault, faults.ok())
+    seen = consume(flavour, server, mode, **CLIENT)
+    assert len(server.requests) == 2
+    assert_one_clean_message(seen, server.sent[-1])
+    counts = [r.headers["x-stainless-retry-count"] for r in server.requests]
+    assert counts == ["0", "1"]
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("mode", MODES)
+def test_several_faults_in_a_row_are_recovered(
+    server: FakeAnthropic, flavour: str, mode: str
+) -> None:
+    server.script(
+        faults.reset_before_headers(),
+        faults.status(529),
+        faults.stall_after(1),
+        faults.sse_error_after(2),
+        faults.ok(),
+    )
+    seen = consume(flavour, server, mode, **CLIENT)
+    assert len(server.requests) == 5
+    assert_one_clean_message(seen, server.sent[-1])
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_refused_connection_is_retried(server: FakeAnthropic, flavour: str) -> None:
+    reopened: list[sdkguard.RetryEvent] = []
+
+    def reopen(event: sdkguard.RetryEvent) -> None:
+        reopened.append(event)
+        server.accept_connections()
+
+    server.refuse_connections()
+    with sdkguard.policy(on_retry=reopen):
+        seen = consume(flavour, server, "create_stream", **CLIENT)
+    assert [e.reason for e in reopened] == ["connect_refused"]
+    assert len(server.requests) == 1
+    assert_one_clean_message(seen, server.sent[-1])
+
+
+AFTER_CONTENT: dict[str, Answer] = {
+    "reset": faults.reset_after(5),
+    "stall": faults.stall_after(5),
+    "truncate": faults.truncate_after(5),
+    "close_without_stop": faults.close_after(5),
+    "malformed_event": faults.malformed_after(5),
+}
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("mode", ["create_stream", "stream_events"])
+@pytest.mark.parametrize("fault", list(AFTER_CONTENT.values()), ids=list(AFTER_CONTENT))
+def test_failure_after_content_raises_stream_interrupted(
+    server: FakeAnthropic, flavour: str, mode: str, fault: Answer
+) -> None:
+    server.script(fault, faults.ok())
+    with pytest.raises(sdkguard.StreamInterrupted) as caught:
+        consume(flavour, server, mode, **CLIENT)
+    err = caught.value
+    assert isinstance(err, anthropic.APIConnectionError)
+    assert len(server.requests) == 1, "content had reached the consumer: no restart"
+    assert err.partial_message is not None
+    assert err.partial_message.content[0].text == server.sent[0].text != ""
+    assert [a.reason for a in err.attempts] == [err.reason]
+    assert err.__cause__ is not None
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("fault", list(AFTER_CONTENT.values()), ids=list(AFTER_CONTENT))
+def test_final_message_only_restarts_after_content(
+    server: FakeAnthropic, flavour: str, fault: Answer
+) -> None:
+    server.script(fault, faults.ok())
+    seen = consume(flavour, server, "stream_final", **CLIENT)
+    assert len(server.requests) == 2
+    assert_one_clean_message(seen, server.sent[-1])
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("mode", ["create_stream", "stream_events"])
+def test_sse_error_after_content_is_the_sdk_error(
+    server: FakeAnthropic, flavour: str, mode: str
+) -> None:
+    server.script(faults.sse_error_after(5), faults.ok())
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        consume(flavour, server, mode, **CLIENT)
+    assert not isinstance(caught.value, sdkguard.StreamInterrupted)
+    assert caught.value.status_code == 200
+    assert caught.value.type == "overloaded_error"
+    assert len(server.requests) == 1
+
+
+NOT_RETRIED: dict[str, tuple[Answer, type[Exception]]] = {
+    "status_400": (faults.status(400), anthropic.BadRequestError),
+    "status_401": (faults.status(401), anthropic.AuthenticationError),
+    "status_403": (faults.status(403), anthropic.PermissionDeniedError),
+    "status_404": (faults.status(404), anthropic.NotFoundError),
+    "status_529_should_retry_false": (
+        faults.status(529, headers={"x-should-retry": "false"}),
+        anthropic.InternalServerError,
+    ),
+    "sse_invalid_request": (
+        faults.sse_error_after(2, error_type="invalid_request_error"),
+        anthropic.APIStatusError,
+    ),
+}
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("mode", ["create_stream", "create"])
+@pytest.mark.parametrize("case", list(NOT_RETRIED.values()), ids=list(NOT_RETRIED))
+def test_final_failures_are_raised_at_once(
+    server: FakeAnthropic,
+    flavour: str,
+    mode: str,
+    case: tuple[Answer, type[Exception]],
+    records: pytest.LogCaptureFixture,
+) -> None:
+    fault, error_type = case
+    if mode == "create" and isinstance(fault, type(faults.sse_error_after(1))):
+        error_type = anthropic.BadRequestError  # a plain call gets the error as a status
+    server.script(fault, faults.ok())
+    with pytest.raises(error_type) as caught:
+        consume(flavour, server, mode, **CLIENT)
+    assert len(server.requests) == 1
+    assert not getattr(caught.value, "__notes__", None), "nothing was retried: no history"
+    assert records.records == []
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("mode", MODES)
+def test_giving_up_raises_the_sdk_error_with_the_history(
+    server: FakeAnthropic, flavour: str, mode: str, records: pytest.LogCaptureFixture
+) -> None:
+    server.script(*[faults.reset_before_headers()] * 5, faults.ok())
+    with pytest.raises(anthropic.APIConnectionError) as caught:
+        consume(flavour, server, mode, **CLIENT)
+    assert len(server.requests) == 5
+    notes = caught.value.__notes__
+    assert [n.split(":")[0] for n in notes[:5]] == [f"attempt {i} of 5" for i in range(1, 6)]
+    assert "connection_reset" in notes[0] and "waited" in notes[0] and "waited" not in notes[4]
+    assert "all 5 attempts failed" in notes[5]
+    warnings = [r for r in records.records if r.levelno == logging.WARNING]
+    errors = [r for r in records.records if r.levelno == logging.ERROR]
+    assert len(warnings) == 4 and len(errors) == 1
+    assert "connection reset by peer (ECONNRESET); retrying in" in warnings[0].getMessage()
+    assert "(attempt 2 of 5)" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("mode", ["create_stream", "stream_final"])
+def test_stalls_that_exhaust_the_attempts_raise_stream_stalled(
+    server: FakeAnthropic, flavour: str, mode: str
+) -> None:
+    server.script(*[faults.stall_after(2)] * 3)
+    with sdkguard.policy(max_attempts=3), pytest.raises(sdkguard.StreamStalled) as caught:
+        consume(flavour, server, mode, **CLIENT)
+    assert isinstance(caught.value, anthropic.APITimeoutError)
+    assert caught.value.reason == "stall_idle"
+    assert len(server.requests) == 3
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_pings_without_progress_are_a_stall_when_limited(
+    server: FakeAnthropic, flavour: str
+) -> None:
+    server.script(faults.pings_only_after(3, 0.02), faults.ok())
+    with sdkguard.policy(progress_timeout=0.15):
+        seen = consume(flavour, server, "create_stream", **CLIENT)
+    assert len(server.requests) == 2
+    assert_one_clean_message(seen, server.sent[-1])
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_pings_keep_a_slow_stream_alive_by_default(server: FakeAnthropic, flavour: str) -> None:
+    # Long thinking is legitimate: pings for longer than the idle limit, then the content.
+    server.script(faults.pings_only_after(3, 0.05, seconds=0.5))
+    seen = consume(flavour, server, "create_stream", **CLIENT)
+    assert len(server.requests) == 1
+    assert_one_clean_message(seen, server.sent[-1])
