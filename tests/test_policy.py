@@ -60,7 +60,7 @@ def test_impossible_values_name_the_field_and_the_form(field: str, value: Any) -
 
 
 def test_unknown_fields_are_refused_with_the_known_ones() -> None:
-    with pytest.raises(TypeError, match="max_attempt.*known fields: max_attempts"):
+    with pytest.raises(TypeError, match=r"max_attempt.*known fields: max_attempts"):
         sdkguard.install(max_attempt=3)
 
 
@@ -193,4 +193,4 @@ def test_scopes_are_per_task() -> None:
 
 def test_statuses_accept_any_iterable() -> None:
     assert Policy().replace(retry_statuses=[429]).retry_statuses == frozenset({429})
-    assert DEFAULT_RETRY_STATUSES == Policy().retry_statuses
+    assert Policy().retry_statuses == DEFAULT_RETRY_STATUSES
