@@ -28,7 +28,8 @@ from sdkguard._decide import (
     classify_sse_error,
     classify_status,
 )
-from sdkguard._errors import RetryEvent, StreamInterrupted, StreamStalled
+from sdkguard._errors import StreamInterrupted, StreamStalled
+from sdkguard._events import RetryEvent
 from sdkguard._policy import Policy
 
 logger = logging.getLogger("sdkguard")

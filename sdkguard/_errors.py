@@ -1,33 +1,12 @@
-"""The errors and events sdkguard adds to the SDK's own."""
+"""The errors sdkguard adds to the SDK's own (subclasses of its error classes)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import anthropic
 
-__all__ = ["RetryEvent", "StreamInterrupted", "StreamStalled"]
-
-
-@dataclass(frozen=True)
-class RetryEvent:
-    """What `on_retry` hooks and the retry log line receive, once before each wait."""
-
-    call: str
-    """The SDK method: `messages.create`, `messages.stream`, `beta.messages.create`, ..."""
-    attempt: int
-    """The attempt about to start after the wait (2 for the first retry)."""
-    max_attempts: int
-    reason: str
-    """Stable reason code of the failure: `connection_reset`, `stall_idle`, `status_529`, ..."""
-    description: str
-    """The failure in words: `connection reset by peer (ECONNRESET)`."""
-    error: BaseException
-    wait: float
-    """Seconds sdkguard waits before the next attempt."""
-    elapsed: float
-    """Seconds since the call started."""
+__all__ = ["StreamInterrupted", "StreamStalled"]
 
 
 class StreamStalled(anthropic.APITimeoutError):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 if TYPE_CHECKING:
-    from sdkguard._errors import RetryEvent
+    from sdkguard._events import RetryEvent
 
 __all__ = ["DEFAULT_RETRY_STATUSES", "Policy", "policy"]
 

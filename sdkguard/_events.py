@@ -1,0 +1,27 @@
+"""What sdkguard tells `on_retry` hooks (no dependency on the SDK, so it loads at start-up)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["RetryEvent"]
+
+
+@dataclass(frozen=True)
+class RetryEvent:
+    """What `on_retry` hooks and the retry log line receive, once before each wait."""
+
+    call: str
+    """The SDK method: `messages.create`, `messages.stream`, `beta.messages.create`, ..."""
+    attempt: int
+    """The attempt about to start after the wait (2 for the first retry)."""
+    max_attempts: int
+    reason: str
+    """Stable reason code of the failure: `connection_reset`, `stall_idle`, `status_529`, ..."""
+    description: str
+    """The failure in words: `connection reset by peer (ECONNRESET)`."""
+    error: BaseException
+    wait: float
+    """Seconds sdkguard waits before the next attempt."""
+    elapsed: float
+    """Seconds since the call started."""

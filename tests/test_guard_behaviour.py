@@ -1,0 +1,344 @@
+"""Activation, coverage, the SDK's own behaviours kept, cancellation, hygiene, secrets."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import anthropic
+import anyio
+import pytest
+from anthropic import _base_client
+
+import sdkguard
+from sdkguard._patch import current_policy
+from sdkguard.testing import FakeAnthropic, faults
+from tests.conftest import FAST
+from tests.helpers import API_KEY, MESSAGE_ARGS, Seen, assert_one_clean_message
+
+pytestmark = pytest.mark.timeout(20)
+
+
+def _request_attr(cls: type) -> Any:
+    return cls.__dict__["request"]
+
+
+# -- activation ---------------------------------------------------------------------------
+
+
+def test_install_is_idempotent_thread_safe_and_uninstall_restores_exactly() -> None:
+    originals = (
+        _request_attr(_base_client.SyncAPIClient),
+        _request_attr(_base_client.AsyncAPIClient),
+    )
+    threads = [threading.Thread(target=sdkguard.install, kwargs=FAST) for _ in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sdkguard.is_installed()
+        patched = _request_attr(_base_client.SyncAPIClient)
+        assert patched is not originals[0] and patched.__wrapped__ is originals[0]
+        sdkguard.install(**FAST)
+        assert _request_attr(_base_client.SyncAPIClient) is patched
+    finally:
+        sdkguard.uninstall()
+    assert not sdkguard.is_installed()
+    assert _request_attr(_base_client.SyncAPIClient) is originals[0]
+    assert _request_attr(_base_client.AsyncAPIClient) is originals[1]
+
+
+def test_install_before_anthropic_is_imported(server: FakeAnthropic) -> None:
+    code = f"""
+import sys, sdkguard
+sdkguard.install(backoff_initial=0.01, backoff_max=0.01)
+assert "anthropic" not in sys.modules
+import anthropic
+client = anthropic.Anthropic(base_url={server.url!r}, api_key="k")
+print(client.messages.create(model="m", max_tokens=5, messages=[]).content[0].text)
+"""
+    server.script(faults.status(529), faults.ok())
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "Hello from the fake Anthropic server."
+    assert len(server.requests) == 2
+    assert "HTTP 529" in out.stderr  # the retry was announced on the sdkguard logger
+
+
+def test_disabled_guard_leaves_the_sdk_alone(server: FakeAnthropic, guard: None) -> None:
+    server.script(faults.status(529), faults.status(529), faults.ok())
+    with (
+        sdkguard.policy(enabled=False),
+        anthropic.Anthropic(base_url=server.url, api_key=API_KEY, max_retries=0) as client,
+        pytest.raises(anthropic.InternalServerError),
+    ):
+        client.messages.create(**MESSAGE_ARGS)
+    assert len(server.requests) == 1
+
+
+def test_sdk_retries_are_off_for_guarded_calls(server: FakeAnthropic, guard: None) -> None:
+    # The client asks for 2 retries; sdkguard owns the loop: 3 attempts, not 3 x 3.
+    server.script(*[faults.status(529)] * 20)
+    with (
+        sdkguard.policy(max_attempts=3),
+        anthropic.Anthropic(base_url=server.url, api_key=API_KEY, max_retries=2) as client,
+        pytest.raises(anthropic.InternalServerError),
+    ):
+        client.messages.create(**MESSAGE_ARGS)
+    assert len(server.requests) == 3
+
+
+# -- coverage -------------------------------------------------------------------------------
+
+
+def test_count_tokens_beta_and_raw_responses_are_guarded(
+    server: FakeAnthropic, guard: None, client: anthropic.Anthropic
+) -> None:
+    server.script(faults.status(529), faults.ok())
+    counted = client.messages.count_tokens(model="m", messages=MESSAGE_ARGS["messages"])
+    assert counted.input_tokens > 0
+    server.script(faults.reset_before_headers(), faults.ok())
+    beta = client.beta.messages.create(**MESSAGE_ARGS)
+    assert beta.content[0].text == "Hello from the fake Anthropic server."
+    server.script(faults.status(503), faults.ok())
+    raw = client.messages.with_raw_response.create(**MESSAGE_ARGS)
+    assert raw.parse().content[0].text == "Hello from the fake Anthropic server."
+    server.script(faults.reset_after(2), faults.ok())
+    with client.beta.messages.stream(**MESSAGE_ARGS) as stream:
+        assert stream.get_final_text() == "Hello from the fake Anthropic server."
+    assert len(server.requests) == 8
+
+
+def test_text_stream_recovers_before_content(
+    server: FakeAnthropic, guard: None, client: anthropic.Anthropic
+) -> None:
+    server.script(faults.stall_after(2), faults.ok())
+    with client.messages.stream(**MESSAGE_ARGS) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == server.sent[-1].text and len(server.requests) == 2
+    assert_one_clean_message(Seen(message=final), server.sent[-1])
+
+
+def test_until_done_recovers_after_content(
+    server: FakeAnthropic, guard: None, client: anthropic.Anthropic
+) -> None:
+    reply = faults.ok(faults.text("x" * 50, deltas=10))
+    server.script(faults.reset_after(8, reply=reply), reply)
+    with client.messages.stream(**MESSAGE_ARGS) as stream:
+        stream.until_done()
+        final = stream.get_final_message()
+    assert final.content[0].text == "x" * 50  # type: ignore[union-attr]
+    assert len(server.requests) == 2
+
+
+def test_partial_message_of_thinking_and_tool_use(
+    server: FakeAnthropic, guard: None, client: anthropic.Anthropic
+) -> None:
+    reply = faults.ok(
+        faults.thinking("let me think", deltas=3, signature="sig-1"),
+        faults.tool_use("get_weather", {"city": "Paris", "unit": "c"}, deltas=4),
+    )
+    # 1 start, 2 block, 3 ping, 4-6 thinking, 7 signature, 8 stop, 9 tool block, 10-11 json
+    server.script(faults.reset_after(11, reply=reply))
+    with (
+        pytest.raises(sdkguard.StreamInterrupted) as caught,
+        client.messages.create(**MESSAGE_ARGS, stream=True) as stream,
+    ):
+        for _ in stream:
+            pass
+    partial = caught.value.partial_message
+    thinking, tool = partial.content
+    assert (thinking.thinking, thinking.signature) == ("let me think", "sig-1")
+    assert tool.name == "get_weather" and isinstance(tool.input, dict)
+    assert set(tool.input) <= {"city", "unit"}
+
+
+# -- the SDK's own behaviours ------------------------------------------------------------------
+
+
+def test_401_gets_the_clients_single_retry_with_a_token_cache(
+    server: FakeAnthropic, guard: None
+) -> None:
+    credentials = pytest.importorskip("anthropic.lib.credentials")
+    tokens = iter(["token-one", "token-two", "token-three"])
+
+    def provider(*, force_refresh: bool = False) -> Any:
+        return credentials.AccessToken(next(tokens))
+
+    server.script(faults.status(401), faults.status(401), faults.ok())
+    with (
+        anthropic.Anthropic(base_url=server.url, credentials=provider) as client,
+        pytest.raises(anthropic.AuthenticationError),
+    ):
+        client.messages.create(**MESSAGE_ARGS)
+    assert len(server.requests) == 2  # exactly one retry, with a fresh token
+    assert [r.headers["authorization"] for r in server.requests] == [
+        "Bearer token-one",
+        "Bearer token-two",
+    ]
+
+
+def test_one_idempotency_key_and_counted_attempts(
+    server: FakeAnthropic, guard: None, client: anthropic.Anthropic
+) -> None:
+    server.script(faults.reset_before_headers(), faults.status(529), faults.ok())
+    client.messages.create(**MESSAGE_ARGS)
+    assert [r.headers["x-stainless-retry-count"] for r in server.requests] == ["0", "1", "2"]
+
+
+# -- deadline, hooks ---------------------------------------------------------------------------
+
+
+def test_deadline_cuts_a_silent_attempt_and_gives_up(
+    server: FakeAnthropic, guard: None, client: anthropic.Anthropic
+) -> None:
+    server.script(faults.stall_before_headers(), faults.ok())
+    started = time.monotonic()
+    with (
+        sdkguard.policy(deadline=0.25, response_timeout=5.0),
+        pytest.raises(sdkguard.StreamStalled) as caught,
+        client.messages.create(**MESSAGE_ARGS, stream=True) as stream,
+    ):
+        list(stream)
+    assert time.monotonic() - started < 1.0
+    assert "deadline" in caught.value.__notes__[-1]
+    assert len(server.requests) == 1
+
+
+def test_a_failing_hook_is_logged_and_ignored(
+    server: FakeAnthropic,
+    guard: None,
+    client: anthropic.Anthropic,
+    records: pytest.LogCaptureFixture,
+) -> None:
+    events: list[sdkguard.RetryEvent] = []
+
+    def broken(event: sdkguard.RetryEvent) -> None:
+        raise RuntimeError("hook bug")
+
+    server.script(faults.status(529), faults.ok())
+    with sdkguard.policy(on_retry=(broken, events.append)):
+        client.messages.create(**MESSAGE_ARGS)
+    assert len(events) == 1
+    event = events[0]
+    assert (event.call, event.attempt, event.max_attempts, event.reason) == (
+        "messages.create",
+        2,
+        5,
+        "status_529",
+    )
+    assert isinstance(event.error, anthropic.InternalServerError) and event.elapsed >= 0
+    assert any("on_retry hook" in r.getMessage() for r in records.records)
+
+
+# -- cancellation and hygiene -------------------------------------------------------------------
+
+
+def _wait_closed(server: FakeAnthropic) -> None:
+    deadline = time.monotonic() + 2
+    while server.open_connections and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert server.open_connections == 0
+
+
+def test_break_and_close_is_not_retried(
+    server: FakeAnthropic, guard: None, client: anthropic.Anthropic
+) -> None:
+    server.script(faults.ok(faults.text("a" * 100, deltas=50)))
+    with client.messages.create(**MESSAGE_ARGS, stream=True) as stream:
+        for event in stream:
+            if event.type == "content_block_delta":
+                break
+    assert len(server.requests) == 1
+    _wait_closed(server)
+
+
+def test_keyboard_interrupt_propagates_at_once(
+    server: FakeAnthropic, guard: None, client: anthropic.Anthropic
+) -> None:
+    server.script(faults.ok(faults.text("a" * 100, deltas=50)))
+    with (
+        pytest.raises(KeyboardInterrupt),
+        client.messages.create(**MESSAGE_ARGS, stream=True) as stream,
+    ):
+        for event in stream:
+            if event.type == "message_start":
+                raise KeyboardInterrupt
+    assert len(server.requests) == 1
+    _wait_closed(server)
+
+
+def test_task_cancellation_is_not_retried(server: FakeAnthropic, guard: None) -> None:
+    server.script(faults.stall_after(2), faults.ok())
+
+    async def main() -> None:
+        async with anthropic.AsyncAnthropic(base_url=server.url, api_key=API_KEY) as client:
+            with anyio.move_on_after(0.1) as scope:
+                stream = await client.messages.create(**MESSAGE_ARGS, stream=True)
+                async with stream:
+                    async for _ in stream:
+                        pass
+            assert scope.cancelled_caught
+
+    with sdkguard.policy(idle_timeout=5.0):
+        anyio.run(main)
+    assert len(server.requests) == 1
+    _wait_closed(server)
+
+
+def test_broken_connections_are_never_reused(
+    server: FakeAnthropic, guard: None, client: anthropic.Anthropic
+) -> None:
+    client.messages.create(**MESSAGE_ARGS)  # warm the pool: one idle keep-alive connection
+    server.script(faults.stall_after(2), faults.reset_after(1), faults.ok(), faults.ok())
+    with client.messages.create(**MESSAGE_ARGS, stream=True) as stream:
+        list(stream)
+    client.messages.create(**MESSAGE_ARGS)
+    connections = [r.connection for r in server.requests]
+    stalled, reset, good, after = connections[1:]
+    assert len({stalled, reset, good}) == 3, connections
+    assert after == good  # a healthy connection is still reused
+
+
+def test_dropped_stream_closes_its_connection(
+    server: FakeAnthropic, guard: None, client: anthropic.Anthropic
+) -> None:
+    server.script(faults.ok(faults.text("a" * 100, deltas=50)))
+    stream = client.messages.create(**MESSAGE_ARGS, stream=True)
+    next(iter(stream))
+    del stream
+    gc.collect()
+    _wait_closed(server)
+
+
+# -- secrets ------------------------------------------------------------------------------------
+
+
+def test_no_key_header_or_content_in_logs_or_errors(
+    server: FakeAnthropic,
+    guard: None,
+    client: anthropic.Anthropic,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="sdkguard")
+    server.script(*[faults.reset_after(2)] * 5)
+    with (
+        pytest.raises(anthropic.APIConnectionError) as caught,
+        client.messages.create(**MESSAGE_ARGS, stream=True) as stream,
+    ):
+        list(stream)
+    text = caplog.text + "\n".join(caught.value.__notes__) + str(caught.value)
+    assert "sdkguard" in caplog.text
+    for secret in (API_KEY, "secret prompt text", "Hello from"):
+        assert secret not in text
+
+
+def test_current_policy_outside_any_scope_is_the_installed_one(guard: None) -> None:
+    assert current_policy().backoff_initial == FAST["backoff_initial"]
