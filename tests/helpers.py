@@ -72,7 +72,7 @@ async def consume_async(client: anthropic.AsyncAnthropic, mode: str, **extra: An
 
 
 def consume(flavour: str, server: FakeAnthropic, mode: str, **client_args: Any) -> Seen:
-    """One call in `mode`, with a new sync or async client."""
+    """One call in `mode`, with a new client: sync, or async under asyncio or trio."""
     client_args = {"base_url": server.url, "api_key": API_KEY, **client_args}
     if flavour == "sync":
         with anthropic.Anthropic(**client_args) as client:
@@ -82,7 +82,7 @@ def consume(flavour: str, server: FakeAnthropic, mode: str, **client_args: Any) 
         async with anthropic.AsyncAnthropic(**client_args) as client:
             return await consume_async(client, mode)
 
-    return anyio.run(run)
+    return anyio.run(run, backend="trio" if flavour == "trio" else "asyncio")
 
 
 def sent_message_text(sent: SentResponse) -> str:

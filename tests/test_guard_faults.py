@@ -16,7 +16,7 @@ from sdkguard.testing.faults import Answer
 from tests.helpers import MODES, assert_one_clean_message, consume
 
 pytestmark = [pytest.mark.timeout(20), pytest.mark.usefixtures("guard")]
-FLAVOURS = ("sync", "async")
+FLAVOURS = ("sync", "async")  # plus "trio" where the scenario is worth a third run
 # The client's own read limit is short so that a plain call stalled before its answer ends
 # in tenths of a second (sdkguard keeps the SDK's read timeout for non-streaming calls).
 CLIENT = {"timeout": anthropic.Timeout(0.4, connect=0.5)}
@@ -58,7 +58,7 @@ def test_fault_before_content_is_recovered(
     assert counts == ["0", "1"]
 
 
-@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("flavour", [*FLAVOURS, "trio"])
 @pytest.mark.parametrize("mode", MODES)
 def test_several_faults_in_a_row_are_recovered(
     server: FakeAnthropic, flavour: str, mode: str
@@ -118,7 +118,7 @@ def test_failure_after_content_raises_stream_interrupted(
     assert err.__cause__ is not None
 
 
-@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("flavour", [*FLAVOURS, "trio"])
 @pytest.mark.parametrize("fault", list(AFTER_CONTENT.values()), ids=list(AFTER_CONTENT))
 def test_final_message_only_restarts_after_content(
     server: FakeAnthropic, flavour: str, fault: Answer
