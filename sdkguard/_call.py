@@ -98,7 +98,7 @@ class GuardedCall:
         """Options for the next attempt: SDK retries off, its retry count, our timeouts."""
         self._attempt_started = now = time.monotonic()
         policy = self.policy
-        remaining = self.state.remaining(now)
+        remaining = self._remaining(now)
         base = self._base_timeout
         read = _min(base.read, policy.response_timeout if self.stream else None, remaining)
         timeout = _sdk.make_timeout(
@@ -116,8 +116,14 @@ class GuardedCall:
         return _min(
             self._base_timeout.read,
             self.policy.idle_timeout,
-            self.state.remaining(time.monotonic()),
+            self._remaining(time.monotonic()),
         )
+
+    def _remaining(self, now: float) -> float | None:
+        # Never zero or negative: a transport limit must be positive, and a spent deadline
+        # then fails the attempt at once, after which the core gives up.
+        remaining = self.state.remaining(now)
+        return None if remaining is None else max(remaining, 0.001)
 
     def succeeded(self) -> None:
         if self.policy.retry_budget:
