@@ -1,0 +1,3 @@
+from sdkguard._cli import main
+
+raise SystemExit(main())
