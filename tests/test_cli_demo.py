@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 import sdkguard
-from sdkguard import _cli
+from sdkguard import _demo
 from sdkguard._cli import main
 from sdkguard._decide import BUDGET
 from sdkguard._patch import current_policy
@@ -60,7 +60,7 @@ def run_demo(capsys: pytest.CaptureFixture[str], *only: str) -> tuple[int, str, 
 
 def parse_rows(out: str) -> dict[str, Row]:
     """The rows printed, by row name (`--only` names)."""
-    names = {i: row.name for i, row in enumerate(_cli._ROWS, 1)}
+    names = {i: row.name for i, row in enumerate(_demo._ROWS, 1)}
     body = out.split("Notes\n")[0]
     matches = list(ROW.finditer(body))
     rows: dict[str, Row] = {}
@@ -84,10 +84,10 @@ LOG_LINE = re.compile(r"^ {6}(WARNING|ERROR) ")
 
 def column(block: str, side: str) -> str:
     """One side's cell of a row, its wrapped lines joined with single spaces."""
-    start = _cli._FAULT_WIDTH + len(_cli._GAP)
+    start = _demo._FAULT_WIDTH + len(_demo._GAP)
     if side == "guarded":
-        start += _cli._CELL_WIDTH + len(_cli._GAP)
-    end = start + _cli._CELL_WIDTH
+        start += _demo._CELL_WIDTH + len(_demo._GAP)
+    end = start + _demo._CELL_WIDTH
     cells = [line[start:end] for line in block.splitlines() if not LOG_LINE.match(line)]
     return " ".join(" ".join(cells).split())
 
@@ -168,9 +168,9 @@ def test_an_unexpected_guarded_outcome_fails_the_demo(
 ) -> None:
     rows = tuple(
         dataclasses.replace(row, expect="partial") if row.name == "truncated" else row
-        for row in _cli._ROWS
+        for row in _demo._ROWS
     )
-    monkeypatch.setattr(_cli, "_ROWS", rows)
+    monkeypatch.setattr(_demo, "_ROWS", rows)
     code, out, parsed = run_demo(capsys, "truncated")
     assert code == 1
     assert parsed["truncated"].guarded == "ok"

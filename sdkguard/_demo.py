@@ -1,0 +1,637 @@
+"""`sdkguard demo`: the plain SDK and the guarded SDK side by side, fault by fault."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, TextIO
+
+from sdkguard._version import __version__
+
+if TYPE_CHECKING:
+    import anthropic
+
+    from sdkguard.testing import FakeAnthropic
+    from sdkguard.testing.faults import Answer
+
+__all__ = ["add_parser"]
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="the plain SDK and the guarded SDK side by side, fault by fault",
+        description=(
+            "Start a fake Anthropic server in this process and make the same call with the "
+            "plain anthropic SDK and with sdkguard installed, once per fault; each fault hits "
+            "the first attempt only. Prints a table; exits 0 when every guarded call ended "
+            "as expected."
+        ),
+        epilog="rows: " + ", ".join(row.name for row in _ROWS),
+    )
+    demo.add_argument(
+        "--fast",
+        action="store_true",
+        help="shorter timeouts and waits (a few seconds in all; used by the tests)",
+    )
+    demo.add_argument(
+        "--only",
+        action="append",
+        type=_row_names,
+        default=[],
+        metavar="NAME[,NAME...]",
+        help="run only these rows (repeatable)",
+    )
+    demo.set_defaults(handler=_demo)
+
+
+def _row_names(value: str) -> list[str]:
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    known = {row.name for row in _ROWS}
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown row {', '.join(unknown) or repr(value)}; rows: "
+            + ", ".join(row.name for row in _ROWS)
+        )
+    return names
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    """The limits of one demo run: both sides must end quickly."""
+
+    plain_read: float
+    """The plain client's read timeout (the SDK's default is 600 s)."""
+    plain_watchdog: float
+    """The demo stops waiting for a plain call after this."""
+    guarded_watchdog: float
+    """... and for a guarded call after this (reached only if sdkguard misbehaves)."""
+    ping_interval: float
+    policy: Mapping[str, Any]
+    """The guarded side's `sdkguard.install(...)` fields."""
+
+
+_NORMAL = _Bounds(
+    plain_read=5.0,
+    plain_watchdog=6.5,
+    guarded_watchdog=20.0,
+    ping_interval=0.5,
+    policy={
+        "max_attempts": 5,
+        "backoff_initial": 0.3,
+        "backoff_max": 2.0,
+        "connect_timeout": 2.0,
+        "response_timeout": 1.0,
+        "idle_timeout": 1.0,
+        "progress_timeout": 1.5,
+        "deadline": 15.0,
+    },
+)
+_FAST = _Bounds(
+    plain_read=0.8,
+    plain_watchdog=1.2,
+    guarded_watchdog=8.0,
+    ping_interval=0.1,
+    policy={
+        "max_attempts": 5,
+        "backoff_initial": 0.05,
+        "backoff_max": 0.2,
+        "connect_timeout": 1.0,
+        "response_timeout": 0.3,
+        "idle_timeout": 0.3,
+        "progress_timeout": 0.35,
+        "deadline": 5.0,
+    },
+)
+
+Mode = Literal["create", "final"]
+Status = Literal["ok", "failed", "stuck", "partial"]
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One fault, tried once with the plain SDK and once with sdkguard."""
+
+    name: str
+    title: str
+    fault: tuple[str, ...]
+    """The fault in `sdkguard.testing.faults` terms, in lines; `{ping}`: the ping interval."""
+    first: Callable[[ModuleType, _Bounds], Answer]
+    """The answer to the first request (the second gets `faults.ok()`)."""
+    mode: Mode = "create"
+    refuse: bool = False
+    """Refuse connections until the first retry (the first answer is then never used)."""
+    expect: Status = "ok"
+    expect_tries: int = 2
+    notes: Mapping[tuple[str, Status], str] = field(default_factory=dict)
+    """Words added to a cell: (side, status) -> note."""
+
+
+_ROWS: tuple[_Row, ...] = (
+    _Row(
+        "silent-stream",
+        "stream goes silent",
+        ("stall_after(2)",),
+        lambda f, b: f.stall_after(2),
+        notes={("plain", "failed"): "frozen for the whole read timeout (600 s by default)"},
+    ),
+    _Row(
+        "pings-only",
+        "pings, no content",
+        ("pings_only_after(3, {ping})",),
+        lambda f, b: f.pings_only_after(3, b.ping_interval),
+        notes={("plain", "stuck"): "each ping resets the read timeout, so it never fires"},
+    ),
+    _Row(
+        "reset-before-headers",
+        "reset before headers",
+        ("reset_before_headers()",),
+        lambda f, b: f.reset_before_headers(),
+    ),
+    _Row(
+        "reset-before-content",
+        "reset before any content",
+        ("reset_after(2)",),
+        lambda f, b: f.reset_after(2),
+    ),
+    _Row("overloaded-529", "HTTP 529 overloaded", ("status(529)",), lambda f, b: f.status(529)),
+    _Row(
+        "sse-error",
+        "event: error, overloaded",
+        ("sse_error_after(2)",),
+        lambda f, b: f.sse_error_after(2),
+    ),
+    _Row("truncated", "truncated body", ("truncate_after(2)",), lambda f, b: f.truncate_after(2)),
+    _Row(
+        "refused",
+        "connection refused",
+        ("refuse_connections()",),
+        lambda f, b: f.ok(),
+        refuse=True,
+    ),
+    _Row(
+        "after-content",
+        "reset after 2 tokens",
+        ("reset_after(5)",),
+        lambda f, b: f.reset_after(5),
+        expect="partial",
+        expect_tries=1,
+        notes={("guarded", "partial"): "no restart: it would repeat text you already have"},
+    ),
+    _Row(
+        "final-message",
+        "reset after 2 tokens",
+        ("reset_after(5)", "messages.stream()", ".get_final_message()"),
+        lambda f, b: f.reset_after(5),
+        mode="final",
+        notes={("guarded", "ok"): "nothing had reached you: restarted"},
+    ),
+)
+
+_API_KEY = "sk-ant-demo-not-a-real-key"
+_MODEL = "claude-demo"
+_PROMPT = "Say hello."
+_PLAIN_CONNECT = 5.0
+
+
+@dataclass
+class _Outcome:
+    status: Status
+    seconds: float
+    tries: int
+    tokens: int | None
+    """Text deltas the caller received (None: not observable, `get_final_message()`)."""
+    text: str
+    error: str = ""
+    logs: list[str] = field(default_factory=list)
+
+
+class _Probe:
+    """What the worker thread saw of one call."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.text = ""
+        self.complete = False
+        self.error: BaseException | None = None
+        self.ended = 0.0
+        self.done = threading.Event()
+
+
+class _LogWatch(logging.Handler):
+    """Collects the log lines of one worker thread: sdkguard's, and the SDK's retry lines."""
+
+    def __init__(self, thread_name: str, on_sdk_retry: Callable[[], None]) -> None:
+        super().__init__(logging.DEBUG)
+        self.thread_name = thread_name
+        self.on_sdk_retry = on_sdk_retry
+        self.lines: list[str] = []
+        self.sdk_retries = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.threadName != self.thread_name:
+            return
+        if record.name == "sdkguard" or record.name.startswith("sdkguard."):
+            if record.levelno >= logging.WARNING:
+                self.lines.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+        elif record.getMessage().startswith("Retrying request"):
+            self.sdk_retries += 1
+            self.on_sdk_retry()
+
+
+@contextmanager
+def _watching(handler: _LogWatch) -> Iterator[None]:
+    guard_log = logging.getLogger("sdkguard")
+    sdk_log = logging.getLogger("anthropic._base_client")
+    level = sdk_log.level
+    guard_log.addHandler(handler)
+    sdk_log.addHandler(handler)
+    if not sdk_log.isEnabledFor(logging.INFO):
+        sdk_log.setLevel(logging.INFO)  # its "Retrying request" line counts the SDK's retries
+    try:
+        yield
+    finally:
+        sdk_log.setLevel(level)
+        sdk_log.removeHandler(handler)
+        guard_log.removeHandler(handler)
+
+
+@contextmanager
+def _installed(fields: Mapping[str, Any]) -> Iterator[None]:
+    """sdkguard installed with exactly `fields` (no environment); the previous state after."""
+    import sdkguard
+    from sdkguard._patch import current_policy
+
+    previous = current_policy() if sdkguard.is_installed() else None
+    sdkguard.install(sdkguard.Policy(**fields))
+    try:
+        yield
+    finally:
+        if previous is None:
+            sdkguard.uninstall()
+        else:
+            sdkguard.install(previous)
+
+
+def _message_text(message: Any) -> str:
+    return "".join(getattr(block, "text", "") for block in getattr(message, "content", ()))
+
+
+def _consume(client: anthropic.Anthropic, mode: Mode, probe: _Probe) -> None:
+    """Make the call and read it to the end, as an application does."""
+    from anthropic.types import RawContentBlockDeltaEvent, RawMessageStopEvent, TextDelta
+
+    messages: list[Any] = [{"role": "user", "content": _PROMPT}]
+    if mode == "final":
+        with client.messages.stream(model=_MODEL, max_tokens=64, messages=messages) as helper:
+            message = helper.get_final_message()
+        probe.text = _message_text(message)
+        probe.complete = True
+        return
+    with client.messages.create(
+        model=_MODEL, max_tokens=64, messages=messages, stream=True
+    ) as stream:
+        for event in stream:
+            if isinstance(event, RawContentBlockDeltaEvent) and isinstance(event.delta, TextDelta):
+                probe.tokens += 1
+                probe.text += event.delta.text
+            elif isinstance(event, RawMessageStopEvent):
+                probe.complete = True
+
+
+def _worker(
+    url: str,
+    row: _Row,
+    bounds: _Bounds,
+    guarded: bool,
+    probe: _Probe,
+    on_retry: Callable[[object], None],
+) -> None:
+    import anthropic
+
+    import sdkguard
+
+    try:
+        if guarded:
+            # The SDK's defaults (600 s read timeout, 2 retries): sdkguard's policy applies.
+            client = anthropic.Anthropic(base_url=url, api_key=_API_KEY)
+            scope = sdkguard.policy(on_retry=on_retry)
+        else:
+            client = anthropic.Anthropic(
+                base_url=url,
+                api_key=_API_KEY,
+                timeout=anthropic.Timeout(bounds.plain_read, connect=_PLAIN_CONNECT),
+            )
+            scope = sdkguard.policy(enabled=False)  # the SDK exactly as without sdkguard
+        with client, scope:
+            _consume(client, row.mode, probe)
+    except Exception as err:
+        probe.error = err
+    finally:
+        probe.ended = time.monotonic()
+        probe.done.set()
+
+
+def _describe(err: BaseException) -> str:
+    """`httpx2.ReadError (Connection reset by peer)`, `APIStatusError (overloaded_error)`."""
+    cls = type(err)
+    root = cls.__module__.split(".")[0]
+    name = (
+        cls.__name__ if root in ("anthropic", "sdkguard", "builtins") else f"{root}.{cls.__name__}"
+    )
+    error_type = getattr(err, "type", None)
+    if isinstance(error_type, str):
+        return f"{name} ({error_type})"
+    lines = str(err).strip().splitlines()
+    message = lines[0] if lines else ""
+    errno_message = re.fullmatch(r"\[Errno -?\d+\] (.+)", message)
+    if errno_message:
+        message = errno_message.group(1)
+    if len(message) > 32:
+        last_parens = re.search(r"\(([^()]+)\)\W*$", message)
+        message = last_parens.group(1) if last_parens else message[:29] + "..."
+    return f"{name} ({message})" if message else name
+
+
+def _run_side(row: _Row, bounds: _Bounds, guarded: bool, expected_text: str) -> _Outcome:
+    from sdkguard._errors import StreamInterrupted
+    from sdkguard.testing import FakeAnthropic, faults
+
+    side = "guarded" if guarded else "plain"
+    thread_name = f"sdkguard-demo-{row.name}-{side}"
+    retries = 0
+    probe = _Probe()
+    server: FakeAnthropic
+
+    def reopen() -> None:
+        if row.refuse:
+            server.accept_connections()
+
+    def on_retry(event: object) -> None:
+        nonlocal retries
+        retries += 1
+        reopen()
+
+    # The plain SDK has no retry hook: its retry log line, written before it sleeps, is one.
+    watch = _LogWatch(thread_name, on_sdk_retry=(lambda: None) if guarded else reopen)
+    watchdog = bounds.guarded_watchdog if guarded else bounds.plain_watchdog
+    with FakeAnthropic() as server, _watching(watch):
+        server.script(row.first(faults, bounds), faults.ok())
+        if row.refuse:
+            server.refuse_connections()
+        worker = threading.Thread(
+            target=_worker,
+            args=(server.url, row, bounds, guarded, probe, on_retry),
+            name=thread_name,
+            daemon=True,
+        )
+        started = time.monotonic()
+        worker.start()
+        finished = probe.done.wait(watchdog)
+        requests = len(server.requests)
+        lines = list(watch.lines)
+        sdk_retries = watch.sdk_retries
+    # Stopping the server has reset a call still stuck: its thread ends now.
+    worker.join(5.0)
+    tries = max(1 + (retries if guarded else sdk_retries), requests)
+    tokens: int | None = None if row.mode == "final" else probe.tokens
+    if not finished:
+        return _Outcome("stuck", watchdog, tries, tokens, probe.text, logs=lines)
+    seconds = probe.ended - started
+    err = probe.error
+    if isinstance(err, StreamInterrupted):
+        text = _message_text(err.partial_message)
+        return _Outcome("partial", seconds, tries, tokens, text, _describe(err), lines)
+    if err is not None:
+        return _Outcome("failed", seconds, tries, tokens, probe.text, _describe(err), lines)
+    if not probe.complete:
+        error = "the stream ended without message_stop, silently"
+        return _Outcome("failed", seconds, tries, tokens, probe.text, error, lines)
+    if probe.text != expected_text:
+        error = f"wrong text: {probe.text!r}"
+        return _Outcome("failed", seconds, tries, tokens, probe.text, error, lines)
+    return _Outcome("ok", seconds, tries, tokens, probe.text, logs=lines)
+
+
+# --- the table ------------------------------------------------------------------------------
+
+_FAULT_WIDTH = 30
+_CELL_WIDTH = 34
+_GAP = "  "
+_TABLE_WIDTH = _FAULT_WIDTH + 2 * (len(_GAP) + _CELL_WIDTH)
+_LABELS: dict[Status, str] = {
+    "ok": "ok",
+    "failed": "FAILED",
+    "stuck": "STUCK",
+    "partial": "PARTIAL",
+}
+
+
+class _Style:
+    """ANSI colours, only for a terminal (and not with NO_COLOR)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        isatty = getattr(stream, "isatty", None)
+        self.tty = bool(isatty is not None and isatty())
+        self.enabled = (
+            self.tty and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+        )
+
+    def paint(self, text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.enabled and text.strip() else text
+
+    def status(self, text: str, status: Status, as_expected: bool | None) -> str:
+        if status == "ok":
+            code = "32"
+        elif status == "partial" and as_expected:
+            code = "33"
+        else:
+            code = "31"
+        return self.paint(text, "1;" + code)
+
+
+def _cell(side: str, row: _Row, outcome: _Outcome) -> tuple[str, list[str]]:
+    """The first line's plain text (styled later) and the wrapped detail lines of a cell."""
+    tries = f"{outcome.tries} {'try' if outcome.tries == 1 else 'tries'}"
+    head = f"{_LABELS[outcome.status]:<8}{outcome.seconds:5.1f} s  {tries}"
+    tokens = outcome.tokens
+    if outcome.status == "ok":
+        detail = "complete message"
+        if side == "plain" and outcome.tries > 1:
+            detail += " (the SDK's own retry)"
+    elif outcome.status == "failed":
+        detail = outcome.error if tokens is None else f"{tokens} tokens, then {outcome.error}"
+    elif outcome.status == "stuck":
+        got = "" if tokens is None else f" at {tokens} tokens"
+        detail = f"frozen{got}, no error: the demo stopped waiting"
+    else:
+        detail = f"StreamInterrupted, partial_message {outcome.text!r}"
+    note = row.notes.get((side, outcome.status))
+    if note:
+        detail += f"; {note}"
+    return head, textwrap.wrap(detail, _CELL_WIDTH)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * max(0, width - len(text))
+
+
+def _print_row(
+    out: TextIO,
+    style: _Style,
+    number: int,
+    row: _Row,
+    bounds: _Bounds,
+    plain: _Outcome,
+    guarded: _Outcome,
+    as_expected: bool,
+) -> None:
+    fault_lines = textwrap.wrap(f"{number:>2}. {row.title}", _FAULT_WIDTH, subsequent_indent="    ")
+    ping = f"{bounds.ping_interval:g}"
+    fault_lines.extend("    " + line.format(ping=ping) for line in row.fault)
+    plain_head, plain_lines = _cell("plain", row, plain)
+    guarded_head, guarded_lines = _cell("guarded", row, guarded)
+    if not as_expected:
+        guarded_lines.append(f"UNEXPECTED: wanted {_LABELS[row.expect]}, {row.expect_tries} tries")
+    plain_first = style.status(_pad(plain_head, _CELL_WIDTH), plain.status, None)
+    guarded_first = style.status(guarded_head, guarded.status, as_expected)
+    out.write(_pad(fault_lines[0], _FAULT_WIDTH) + _GAP + plain_first + _GAP + guarded_first)
+    out.write("\n")
+    height = max(len(fault_lines), len(plain_lines) + 1, len(guarded_lines) + 1)
+    for i in range(1, height):
+        fault = fault_lines[i] if i < len(fault_lines) else ""
+        left = plain_lines[i - 1] if i - 1 < len(plain_lines) else ""
+        right = guarded_lines[i - 1] if i - 1 < len(guarded_lines) else ""
+        line = _pad(fault, _FAULT_WIDTH) + _GAP + _pad(left, _CELL_WIDTH) + _GAP + right
+        out.write(line.rstrip() + "\n")
+    for log_line in guarded.logs:
+        out.write("      " + style.paint(log_line, "2") + "\n")
+    out.write("\n")
+    out.flush()
+
+
+def _policy_call(fields: Mapping[str, Any], width: int, indent: str) -> list[str]:
+    """`sdkguard.install(a=1, b=2)`, wrapped after commas within `width`."""
+    head = "sdkguard.install("
+    args = [f"{name}={value!r}" for name, value in fields.items()]
+    lines: list[str] = []
+    line = indent + head
+    for i, arg in enumerate(args):
+        piece = arg + (")" if i == len(args) - 1 else ",")
+        if len(line) + 1 + len(piece) > width and not line.endswith("("):
+            lines.append(line)
+            line = indent + " " * len(head) + piece
+        else:
+            line += ("" if line.endswith("(") else " ") + piece
+    lines.append(line if args else line + ")")
+    return lines
+
+
+def _header(out: TextIO, style: _Style, bounds: _Bounds) -> None:
+    import anthropic
+
+    read = f"{bounds.plain_read:g}"
+    indent = " " * 11
+    lines = [
+        style.paint("sdkguard demo", "1")
+        + ": the same call made with the plain anthropic SDK and with sdkguard,",
+        "against a fake Anthropic server in this process. Each fault hits the first attempt",
+        "of a call only; the next attempt gets a complete answer.",
+        "",
+        f"  plain    anthropic.Anthropic(timeout=anthropic.Timeout({read}, connect="
+        f"{_PLAIN_CONNECT:g}))",
+        f"{indent}and the SDK's own retries (max_retries=2 by default)",
+        "  guarded  anthropic.Anthropic() with the SDK's defaults, and",
+        *_policy_call(bounds.policy, _TABLE_WIDTH - 6, indent),
+        "  call     client.messages.create(..., stream=True), every event read (unless noted)",
+        f"  versions anthropic {anthropic.__version__}, sdkguard {__version__}, "
+        f"Python {sys.version.split()[0]}",
+        "",
+    ]
+    out.write("\n".join(lines) + "\n")
+    titles = (
+        _pad("fault (first attempt only)", _FAULT_WIDTH)
+        + _GAP
+        + _pad("plain SDK", _CELL_WIDTH)
+        + _GAP
+        + "with sdkguard"
+    )
+    out.write(style.paint(titles, "1") + "\n")
+    out.write("-" * _FAULT_WIDTH + _GAP + "-" * _CELL_WIDTH + _GAP + "-" * _CELL_WIDTH + "\n")
+    out.flush()
+
+
+def _footer(out: TextIO, bounds: _Bounds) -> None:
+    read = f"{bounds.plain_read:g}"
+    notes = [
+        f"The plain read timeout is {read} s here so that the demo ends. The SDK's default is "
+        "600 s per read, and every ping the API sends resets it: a silent stream leaves you "
+        "at 0 tokens for 10 minutes, and a stream that only pings, forever.",
+        "tries: attempts made for the one call, the SDK's own retries included. sdkguard "
+        "turns the SDK's retries off per attempt and makes its own.",
+        "PARTIAL is sdkguard's honest limit: once content has reached your code, a restart "
+        "would repeat it, so it raises StreamInterrupted (an APIConnectionError) carrying "
+        "partial_message. get_final_message() and until_done() restart anyway: nothing had "
+        "reached you.",
+    ]
+    out.write("Notes\n")
+    for note in notes:
+        out.write(
+            textwrap.fill(note, _TABLE_WIDTH, initial_indent="  * ", subsequent_indent="    ")
+            + "\n"
+        )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sdkguard.testing import faults
+
+    bounds = _FAST if args.fast else _NORMAL
+    wanted = {name for names in args.only for name in names}
+    rows = [row for row in _ROWS if not wanted or row.name in wanted]
+    out = sys.stdout
+    style = _Style(out)
+    _header(out, style, bounds)
+    started = time.monotonic()
+    unexpected: list[str] = []
+    totals = {"plain": 0.0, "guarded": 0.0}
+    with _installed(bounds.policy):
+        for number, row in enumerate(_ROWS, 1):
+            if row not in rows:
+                continue
+            if style.tty:
+                out.write(f"  ... {row.title}\r")
+                out.flush()
+            plain = _run_side(row, bounds, False, faults.DEFAULT_TEXT)
+            guarded = _run_side(row, bounds, True, faults.DEFAULT_TEXT)
+            totals["plain"] += plain.seconds
+            totals["guarded"] += guarded.seconds
+            as_expected = guarded.status == row.expect and guarded.tries == row.expect_tries
+            if not as_expected:
+                unexpected.append(row.name)
+            if style.tty:
+                out.write("\r\033[K")
+            _print_row(out, style, number, row, bounds, plain, guarded, as_expected)
+    _footer(out, bounds)
+    elapsed = time.monotonic() - started
+    good = len(rows) - len(unexpected)
+    summary = (
+        f"{good} of {len(rows)} guarded calls ended as expected "
+        f"(plain calls {totals['plain']:.1f} s, guarded calls {totals['guarded']:.1f} s, "
+        f"demo {elapsed:.1f} s)"
+    )
+    if unexpected:
+        summary += "; unexpected: " + ", ".join(unexpected)
+    out.write("\n" + style.paint(summary, "1;32" if not unexpected else "1;31") + "\n")
+    out.flush()
+    return 1 if unexpected else 0
