@@ -1,0 +1,58 @@
+"""A fault-injecting fake Anthropic Messages API server, for testing code that uses the SDK.
+
+```python
+from sdkguard.testing import FakeAnthropic, faults
+
+with FakeAnthropic() as server:
+    client = anthropic.Anthropic(base_url=server.url, api_key="test")
+    server.script(faults.reset_before_headers(), faults.ok())
+```
+
+See docs/testing.md.
+"""
+
+from sdkguard.testing import faults
+from sdkguard.testing._server import FakeAnthropic, RecordedRequest, SentResponse
+from sdkguard.testing.faults import (
+    Answer,
+    Block,
+    CloseAfter,
+    MalformedAfter,
+    Ok,
+    PingsOnlyAfter,
+    ResetAfter,
+    ResetBeforeHeaders,
+    SseErrorAfter,
+    StallAfter,
+    StallBeforeHeaders,
+    Status,
+    Text,
+    Thinking,
+    ToolUse,
+    Trickle,
+    TruncateAfter,
+)
+
+__all__ = [
+    "Answer",
+    "Block",
+    "CloseAfter",
+    "FakeAnthropic",
+    "MalformedAfter",
+    "Ok",
+    "PingsOnlyAfter",
+    "RecordedRequest",
+    "ResetAfter",
+    "ResetBeforeHeaders",
+    "SentResponse",
+    "SseErrorAfter",
+    "StallAfter",
+    "StallBeforeHeaders",
+    "Status",
+    "Text",
+    "Thinking",
+    "ToolUse",
+    "Trickle",
+    "TruncateAfter",
+    "faults",
+]
