@@ -72,25 +72,32 @@ class GuardedCall:
         "_attempt_started",
         "_base_timeout",
         "_idempotency_key",
+        "cast_to",
         "client",
-        "name",
         "options",
         "policy",
         "state",
         "stream",
     )
 
-    def __init__(self, client: Any, options: Any, *, stream: bool, policy: Policy) -> None:
+    def __init__(
+        self, client: Any, cast_to: Any, options: Any, *, stream: bool, policy: Policy
+    ) -> None:
         self.client = client
+        self.cast_to = cast_to
         self.stream = stream
         self.policy = policy
-        self.name = _sdk.call_name(options)
         self.options = options
         self._idempotency_key = _sdk.idempotency_key(client, options)
         self._base_timeout = _sdk.effective_timeout(client, options)
         now = time.monotonic()
         self.state = CallState(policy, started_at=now)
         self._attempt_started = now
+
+    @property
+    def name(self) -> str:
+        """The SDK method, for log lines and hooks (only computed when something is said)."""
+        return _sdk.call_name(self.cast_to, self.options)
 
     # -- attempts -------------------------------------------------------------------------
 

@@ -234,11 +234,21 @@ def classify_sse_error(error_type: str | None) -> Failure:
 
 
 def _chain(err: BaseException) -> list[BaseException]:
+    """`err`, its causes and contexts, and the members of exception groups among them.
+
+    On trio a refused connection is an `OSError` caused by a group of per-address errors.
+    """
     chain: list[BaseException] = []
-    current: BaseException | None = err
-    while current is not None and len(chain) < 16 and all(c is not current for c in chain):
+    pending: list[BaseException] = [err]
+    while pending and len(chain) < 32:
+        current = pending.pop(0)
+        if any(seen is current for seen in chain):
+            continue
         chain.append(current)
-        current = current.__cause__ or current.__context__
+        pending.extend(getattr(current, "exceptions", ()))
+        cause = current.__cause__ or current.__context__
+        if cause is not None:
+            pending.append(cause)
     return chain
 
 

@@ -150,7 +150,7 @@ def _sync_request(
     from sdkguard._stream import adopt_sync
 
     cast_to, options, stream, stream_cls = _bind(*args, **kwargs)
-    call = GuardedCall(instance, options, stream=stream, policy=policy)
+    call = GuardedCall(instance, cast_to, options, stream=stream, policy=policy)
 
     def send(attempt_options: Any) -> Any:
         return wrapped(cast_to, attempt_options, stream=stream, stream_cls=stream_cls)
@@ -183,7 +183,7 @@ async def _guarded_async_request(
     from sdkguard._call import GuardedCall, open_async
     from sdkguard._stream import adopt_async
 
-    call = GuardedCall(instance, options, stream=stream, policy=policy)
+    call = GuardedCall(instance, cast_to, options, stream=stream, policy=policy)
 
     async def send(attempt_options: Any) -> Any:
         return await wrapped(cast_to, attempt_options, stream=stream, stream_cls=stream_cls)

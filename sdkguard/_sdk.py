@@ -44,10 +44,13 @@ def is_guarded_request(options: Any) -> bool:
     return (url if query < 0 else url[:query]) in MESSAGE_PATHS
 
 
-def call_name(options: Any) -> str:
+def call_name(cast_to: Any, options: Any) -> str:
     """The SDK method behind a request, for log lines: `beta.messages.stream`, ..."""
+    # Beta calls parse into Beta* types; the URL does not always say `?beta=true`.
+    prefix = (
+        "beta.messages." if getattr(cast_to, "__name__", "").startswith("Beta") else "messages."
+    )
     url: str = options.url
-    prefix = "beta.messages." if "beta=true" in url else "messages."
     if url.split("?", 1)[0].endswith("/count_tokens"):
         return prefix + "count_tokens"
     headers = options.headers if isinstance(options.headers, dict) else {}

@@ -342,3 +342,43 @@ def test_no_key_header_or_content_in_logs_or_errors(
 
 def test_current_policy_outside_any_scope_is_the_installed_one(guard: None) -> None:
     assert current_policy().backoff_initial == FAST["backoff_initial"]
+
+
+def test_log_lines_name_the_sdk_method(
+    server: FakeAnthropic,
+    guard: None,
+    client: anthropic.Anthropic,
+    records: pytest.LogCaptureFixture,
+) -> None:
+    server.script(*[faults.status(529), faults.ok()] * 4)
+    client.beta.messages.create(**MESSAGE_ARGS)
+    client.messages.count_tokens(model="m", messages=MESSAGE_ARGS["messages"])
+    with client.messages.stream(**MESSAGE_ARGS) as stream:
+        stream.get_final_message()
+    with client.messages.create(**MESSAGE_ARGS, stream=True) as raw:
+        list(raw)
+    names = [r.getMessage().split(":")[0] for r in records.records]
+    assert names == [
+        "beta.messages.create",
+        "messages.count_tokens",
+        "messages.stream",
+        "messages.create",
+    ]
+
+
+def test_refused_connection_is_recognised_on_trio(server: FakeAnthropic, guard: None) -> None:
+    reasons: list[str] = []
+
+    def reopen(event: sdkguard.RetryEvent) -> None:
+        reasons.append(event.reason)
+        server.accept_connections()
+
+    async def main() -> str:
+        async with anthropic.AsyncAnthropic(base_url=server.url, api_key=API_KEY) as client:
+            message = await client.messages.create(**MESSAGE_ARGS)
+            return str(message.content[0].text)  # type: ignore[union-attr]
+
+    server.refuse_connections()
+    with sdkguard.policy(on_retry=reopen):
+        text = anyio.run(main, backend="trio")
+    assert reasons == ["connect_refused"] and text.startswith("Hello")
