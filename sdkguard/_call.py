@@ -144,7 +144,7 @@ class GuardedCall:
                 "stall_progress", "no content arrived, only pings", True, None, timeout=True
             )
         if isinstance(err, _sdk.IncompleteStream):
-            return Failure("stream_incomplete", "the stream ended without message_stop", True)
+            return Failure("stream_incomplete", "the stream ended before the message did", True)
         if isinstance(err, anthropic.APIStatusError):
             response = err.response
             if response.status_code < 400:  # an `event: error` inside a 200 stream

@@ -155,7 +155,7 @@ class StallDetected(Exception):
 
 
 class IncompleteStream(Exception):
-    """The body ended cleanly but without `message_stop`."""
+    """The body ended cleanly before the message did (no `message_delta`, no `message_stop`)."""
 
 
 class _ProgressWatch:

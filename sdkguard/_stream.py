@@ -41,14 +41,16 @@ class Delivery:
     in garbage collection, and `partial_message` is only needed when a stream breaks.
     """
 
-    __slots__ = ("blocks", "committed", "extras", "held", "message_delta", "parts", "stopped")
+    __slots__ = ("blocks", "committed", "complete", "extras", "held", "message_delta", "parts")
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
         self.committed = False
-        self.stopped = False
+        # The message is complete once `message_delta` (stop reason, final usage) arrived:
+        # a body that then ends without `message_stop` has lost nothing.
+        self.complete = False
         self.held: list[Any] = []
         self.blocks: dict[int, Any] = {}
         self.parts: dict[int, list[str]] = {}
@@ -87,8 +89,9 @@ class Delivery:
             self.blocks = {-1: event.message}
         elif kind == "message_delta":
             self.message_delta = event
+            self.complete = True
         elif kind == "message_stop":
-            self.stopped = True
+            self.complete = True
 
     def partial_message(self) -> Any:
         """The message as far as it was delivered, of the SDK's own message class."""
@@ -183,7 +186,7 @@ class _SyncGuard(_Guard):
                     for event in inner:
                         add(event)
                         yield event
-                    if not delivery.stopped:
+                    if not delivery.complete:
                         raise _sdk.IncompleteStream
                 except Exception as err:
                     inner.close()
@@ -235,7 +238,7 @@ class _AsyncGuard(_Guard):
                     async for event in inner:
                         add(event)
                         yield event
-                    if not delivery.stopped:
+                    if not delivery.complete:
                         raise _sdk.IncompleteStream
                 except Exception as err:
                     await inner.aclose()

@@ -231,3 +231,15 @@ def test_pings_keep_a_slow_stream_alive_by_default(server: FakeAnthropic, flavou
     seen = consume(flavour, server, "create_stream", **CLIENT)
     assert len(server.requests) == 1
     assert_one_clean_message(seen, server.sent[-1])
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_stream_ending_after_message_delta_has_lost_nothing(
+    server: FakeAnthropic, flavour: str
+) -> None:
+    # message_start, block start, ping, 3 deltas, block stop, message_delta: no message_stop
+    server.script(faults.close_after(8))
+    seen = consume(flavour, server, "create_stream", **CLIENT)
+    assert len(server.requests) == 1
+    assert seen.events == server.sent[0].content_events()
+    assert seen.events is not None and seen.events[-1][0] == "message_delta"
