@@ -132,7 +132,9 @@ class GuardedCall:
         remaining = self.state.remaining(now)
         return None if remaining is None else max(remaining, 0.001)
 
-    def succeeded(self) -> None:
+    def succeeded(self, result: Any = None) -> None:
+        if self.state.attempt > 1:
+            _sdk.record_retries(result, self.state.attempt - 1)
         if self.policy.retry_budget:
             BUDGET.refund(self.policy.budget_success_refund)
 

@@ -158,7 +158,7 @@ def _sync_request(
     result = open_sync(call, send)
     if stream:
         return adopt_sync(call, result, send)
-    call.succeeded()
+    call.succeeded(result)
     return result
 
 
@@ -191,7 +191,7 @@ async def _guarded_async_request(
     result = await open_async(call, send)
     if stream:
         return adopt_async(call, result, send)
-    call.succeeded()
+    call.succeeded(result)
     return result
 
 

@@ -73,8 +73,16 @@ def attempt_options(options: Any, retries_taken: int, timeout: Any, key: str | N
     attempt.idempotency_key = key
     attempt.timeout = timeout
     headers = options.headers if isinstance(options.headers, dict) else {}
-    attempt.headers = {**headers, _RETRY_COUNT_HEADER: str(retries_taken)}
+    # A header the caller set (or `Omit()`-ted) wins, as it does in the SDK's own loop.
+    if not any(name.lower() == _RETRY_COUNT_HEADER for name in headers):
+        attempt.headers = {**headers, _RETRY_COUNT_HEADER: str(retries_taken)}
     return attempt
+
+
+def record_retries(result: Any, retries_taken: int) -> None:
+    """Tell a raw response how many retries it took, as the SDK's own loop does."""
+    if hasattr(result, "retries_taken"):
+        result.retries_taken = retries_taken
 
 
 def effective_timeout(client: Any, options: Any) -> Any:

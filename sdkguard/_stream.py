@@ -276,7 +276,7 @@ def adopt_sync(call: GuardedCall, result: Any, send: Callable[[Any], Any]) -> An
         response = _sdk.http_response_of(result)
         if response is not None:
             _sdk.set_body_read_timeout(response, call.body_read_timeout())
-        call.succeeded()
+        call.succeeded(result)
         return result
     guard = _SyncGuard(call, result, send)
     guard.prime(result)
@@ -291,7 +291,7 @@ def adopt_async(call: GuardedCall, result: Any, send: Callable[[Any], Awaitable[
         response = _sdk.http_response_of(result)
         if response is not None:
             _sdk.set_body_read_timeout(response, call.body_read_timeout())
-        call.succeeded()
+        call.succeeded(result)
         return result
     guard = _AsyncGuard(call, result, send)
     guard.prime(result)

@@ -382,3 +382,23 @@ def test_refused_connection_is_recognised_on_trio(server: FakeAnthropic, guard: 
     with sdkguard.policy(on_retry=reopen):
         text = anyio.run(main, backend="trio")
     assert reasons == ["connect_refused"] and text.startswith("Hello")
+
+
+def test_a_retry_count_header_set_by_the_caller_wins(
+    server: FakeAnthropic, guard: None, client: anthropic.Anthropic
+) -> None:
+    server.script(faults.status(529), faults.ok(), faults.status(529), faults.ok())
+    client.messages.create(**MESSAGE_ARGS, extra_headers={"x-stainless-retry-count": "42"})
+    client.messages.create(
+        **MESSAGE_ARGS, extra_headers={"x-stainless-retry-count": anthropic.Omit()}
+    )
+    counts = [r.headers.get("x-stainless-retry-count") for r in server.requests]
+    assert counts == ["42", "42", None, None]
+
+
+def test_raw_responses_know_their_retries(
+    server: FakeAnthropic, guard: None, client: anthropic.Anthropic
+) -> None:
+    server.script(faults.status(529), faults.reset_before_headers(), faults.ok())
+    raw = client.messages.with_raw_response.create(**MESSAGE_ARGS)
+    assert raw.retries_taken == 2
