@@ -49,9 +49,13 @@ class Step:
     error: BaseException | None = None
 
 
-def _min(*values: float | None) -> float | None:
-    present = [v for v in values if v is not None]
-    return min(present) if present else None
+def _min(a: float | None, b: float | None, c: float | None = None) -> float | None:
+    """The smallest of the limits that are set (None: no limit)."""
+    if b is not None and (a is None or b < a):
+        a = b
+    if c is not None and (a is None or c < a):
+        a = c
+    return a
 
 
 def add_note(err: BaseException, note: str) -> None:
@@ -72,6 +76,7 @@ class GuardedCall:
         "_attempt_started",
         "_base_timeout",
         "_idempotency_key",
+        "_name",
         "cast_to",
         "client",
         "options",
@@ -88,6 +93,7 @@ class GuardedCall:
         self.stream = stream
         self.policy = policy
         self.options = options
+        self._name: str | None = None
         self._idempotency_key = _sdk.idempotency_key(client, options)
         self._base_timeout = _sdk.effective_timeout(client, options)
         now = time.monotonic()
@@ -97,7 +103,12 @@ class GuardedCall:
     @property
     def name(self) -> str:
         """The SDK method, for log lines and hooks (only computed when something is said)."""
-        return _sdk.call_name(self.cast_to, self.options)
+        return self._name or _sdk.call_name(self.cast_to, self.options)
+
+    def settle(self) -> None:
+        """No attempt follows: keep the call's name, drop the request options."""
+        self._name = self.name
+        self.options = None
 
     # -- attempts -------------------------------------------------------------------------
 
@@ -109,10 +120,10 @@ class GuardedCall:
         base = self._base_timeout
         read = _min(base.read, policy.response_timeout if self.stream else None, remaining)
         timeout = _sdk.make_timeout(
-            connect=_min(base.connect, policy.connect_timeout, remaining),
-            read=read,
-            write=base.write,
-            pool=_min(base.pool, remaining),
+            _min(base.connect, policy.connect_timeout, remaining),
+            read,
+            base.write,
+            _min(base.pool, remaining),
         )
         return _sdk.attempt_options(
             self.options, self.state.attempt - 1, timeout, self._idempotency_key

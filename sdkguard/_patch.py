@@ -34,6 +34,7 @@ class _State:
 
 
 _state = _State()
+_drivers: Any = None  # sdkguard._drivers, once the SDK is patched
 
 
 def install(policy: Policy | None = None, **fields: Any) -> None:
@@ -92,9 +93,14 @@ def _patch(owner: type, name: str, wrapper: Callable[..., Any]) -> None:
 
 
 def _apply_patches() -> None:
+    global _drivers
     if _state.originals:
         return
     from anthropic import _base_client
+
+    from sdkguard import _drivers as drivers
+
+    _drivers = drivers  # loaded with anthropic, never by `import sdkguard`
 
     _patch(_base_client.SyncAPIClient, "request", _sync_request)
     _patch(_base_client.AsyncAPIClient, "request", _async_request)
@@ -123,18 +129,10 @@ def _import(name: str) -> Any:
         return None
 
 
-def _bind(
-    cast_to: Any, options: Any, *_: Any, stream: bool = False, stream_cls: Any = None, **__: Any
-) -> tuple[Any, Any, bool, Any]:
-    return cast_to, options, stream, stream_cls
-
-
 def _guarded_policy(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Policy | None:
     """The policy for this request, or None when sdkguard leaves it alone."""
-    from sdkguard._sdk import is_guarded_request
-
     options = args[1] if len(args) > 1 else kwargs.get("options")
-    if options is None or not is_guarded_request(options):
+    if options is None or not _drivers.is_guarded_request(options):
         return None
     policy = current_policy()
     return policy if policy.enabled else None
@@ -146,20 +144,7 @@ def _sync_request(
     policy = _guarded_policy(args, kwargs)
     if policy is None:
         return wrapped(*args, **kwargs)
-    from sdkguard._call import GuardedCall, open_sync
-    from sdkguard._stream import adopt_sync
-
-    cast_to, options, stream, stream_cls = _bind(*args, **kwargs)
-    call = GuardedCall(instance, cast_to, options, stream=stream, policy=policy)
-
-    def send(attempt_options: Any) -> Any:
-        return wrapped(cast_to, attempt_options, stream=stream, stream_cls=stream_cls)
-
-    result = open_sync(call, send)
-    if stream:
-        return adopt_sync(call, result, send)
-    call.succeeded(result)
-    return result
+    return _drivers.request_sync(wrapped, instance, policy, *args, **kwargs)
 
 
 def _async_request(
@@ -168,31 +153,7 @@ def _async_request(
     policy = _guarded_policy(args, kwargs)
     if policy is None:
         return wrapped(*args, **kwargs)
-    return _guarded_async_request(wrapped, instance, policy, *_bind(*args, **kwargs))
-
-
-async def _guarded_async_request(
-    wrapped: Callable[..., Any],
-    instance: Any,
-    policy: Policy,
-    cast_to: Any,
-    options: Any,
-    stream: bool,
-    stream_cls: Any,
-) -> Any:
-    from sdkguard._call import GuardedCall, open_async
-    from sdkguard._stream import adopt_async
-
-    call = GuardedCall(instance, cast_to, options, stream=stream, policy=policy)
-
-    async def send(attempt_options: Any) -> Any:
-        return await wrapped(cast_to, attempt_options, stream=stream, stream_cls=stream_cls)
-
-    result = await open_async(call, send)
-    if stream:
-        return adopt_async(call, result, send)
-    call.succeeded(result)
-    return result
+    return _drivers.request_async(wrapped, instance, policy, *args, **kwargs)
 
 
 def _restartable_guard(helper: Any) -> Any:

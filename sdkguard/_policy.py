@@ -259,25 +259,37 @@ def env_names() -> dict[str, str]:
     return {name: ENV_PREFIX + name.upper() for name in _FORMS if name != "on_retry"}
 
 
-# The scoped overrides of `sdkguard.policy(...)`: a tuple of change sets, innermost last, so
-# each thread and task sees only its own scopes (contextvars are copied into new tasks).
-_scoped: contextvars.ContextVar[tuple[Mapping[str, Any], ...]] = contextvars.ContextVar(
+# The scoped overrides of `sdkguard.policy(...)`: the active scopes, innermost last, so each
+# thread and task sees only its own (contextvars are copied into new tasks).
+_scoped: contextvars.ContextVar[tuple[policy, ...]] = contextvars.ContextVar(
     "sdkguard_scoped_policy", default=()
 )
+# Merged policies by (base, scopes), so a call inside a scope does not validate a new Policy.
+# Keyed by identity and holding the objects, so an id is never reused while cached.
+_merged: dict[tuple[int, ...], tuple[Policy, tuple[policy, ...], Policy]] = {}
+_MERGED_MAX = 256
 
 
-def scoped_changes() -> tuple[Mapping[str, Any], ...]:
+def scoped_changes() -> tuple[policy, ...]:
     return _scoped.get()
 
 
-def apply_scopes(base: Policy, scopes: tuple[Mapping[str, Any], ...]) -> Policy:
+def apply_scopes(base: Policy, scopes: tuple[policy, ...]) -> Policy:
     """`base` with every scope's changes applied, innermost last."""
     if not scopes:
         return base
-    merged: dict[str, Any] = {}
-    for changes in scopes:
-        merged.update(changes)
-    return base.replace(**merged)
+    key = (id(base), *map(id, scopes))
+    hit = _merged.get(key)
+    if hit is not None and hit[0] is base and hit[1] == scopes:
+        return hit[2]
+    changes: dict[str, Any] = {}
+    for scope in scopes:
+        changes.update(scope.changes)
+    merged = base.replace(**changes)
+    if len(_merged) >= _MERGED_MAX:
+        _merged.clear()
+    _merged[key] = (base, scopes, merged)
+    return merged
 
 
 class policy:  # lower case: used like a function, `with sdkguard.policy(...)`
@@ -294,12 +306,12 @@ class policy:  # lower case: used like a function, `with sdkguard.policy(...)`
 
     def __init__(self, **changes: Any) -> None:
         _check_names(changes)
-        self._changes = _coerce_code_values(changes)
-        Policy().replace(**self._changes)  # fail now, where the scope is written
-        self._tokens: list[contextvars.Token[tuple[Mapping[str, Any], ...]]] = []
+        self.changes: Mapping[str, Any] = _coerce_code_values(changes)
+        Policy().replace(**self.changes)  # fail now, where the scope is written
+        self._tokens: list[contextvars.Token[tuple[policy, ...]]] = []
 
     def __enter__(self) -> None:
-        self._tokens.append(_scoped.set((*_scoped.get(), self._changes)))
+        self._tokens.append(_scoped.set((*_scoped.get(), self)))
 
     def __exit__(self, *exc_info: object) -> None:
         _scoped.reset(self._tokens.pop())
@@ -323,7 +335,7 @@ class policy:  # lower case: used like a function, `with sdkguard.policy(...)`
 
     @contextmanager
     def _scope(self) -> Iterator[None]:
-        token = _scoped.set((*_scoped.get(), self._changes))
+        token = _scoped.set((*_scoped.get(), self))
         try:
             yield
         finally:

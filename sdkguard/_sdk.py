@@ -7,6 +7,7 @@ handled here and nowhere else.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -66,17 +67,21 @@ def idempotency_key(client: Any, options: Any) -> str | None:
     return key
 
 
+def copy_model(model: Any, update: dict[str, Any]) -> Any:
+    """A shallow copy of an SDK model with `update` applied (pydantic 2, or 1)."""
+    if hasattr(model, "model_copy"):
+        return model.model_copy(update=update)
+    return model.copy(update=update)  # pragma: no cover - pydantic 1
+
+
 def attempt_options(options: Any, retries_taken: int, timeout: Any, key: str | None) -> Any:
     """The options of one attempt: the SDK's own retries off, its retry count, our timeout."""
-    attempt = options.model_copy()
-    attempt.max_retries = 0
-    attempt.idempotency_key = key
-    attempt.timeout = timeout
+    update: dict[str, Any] = {"max_retries": 0, "idempotency_key": key, "timeout": timeout}
     headers = options.headers if isinstance(options.headers, dict) else {}
     # A header the caller set (or `Omit()`-ted) wins, as it does in the SDK's own loop.
     if not any(name.lower() == _RETRY_COUNT_HEADER for name in headers):
-        attempt.headers = {**headers, _RETRY_COUNT_HEADER: str(retries_taken)}
-    return attempt
+        update["headers"] = {**headers, _RETRY_COUNT_HEADER: str(retries_taken)}
+    return copy_model(options, update)
 
 
 def record_retries(result: Any, retries_taken: int) -> None:
@@ -93,9 +98,11 @@ def effective_timeout(client: Any, options: Any) -> Any:
     return value if isinstance(value, http.Timeout) else http.Timeout(value)
 
 
+@functools.lru_cache(maxsize=64)
 def make_timeout(
-    *, connect: float | None, read: float | None, write: float | None, pool: float | None
+    connect: float | None, read: float | None, write: float | None, pool: float | None
 ) -> Any:
+    """An http `Timeout` (immutable, so shared between calls with the same limits)."""
     return http.Timeout(connect=connect, read=read, write=write, pool=pool)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 
 from sdkguard import _sdk
-from sdkguard._call import GuardedCall, open_async, open_sync
+from sdkguard._call import GuardedCall, Step, open_async, open_sync
 
 __all__ = ["Delivery", "adopt_async", "adopt_sync"]
 
@@ -108,10 +108,10 @@ class Delivery:
             delta = self.message_delta.delta
             update["stop_reason"] = delta.stop_reason
             update["stop_sequence"] = delta.stop_sequence
-            update["usage"] = message.usage.model_copy(
-                update={"output_tokens": self.message_delta.usage.output_tokens}
+            update["usage"] = _sdk.copy_model(
+                message.usage, {"output_tokens": self.message_delta.usage.output_tokens}
             )
-        return message.model_copy(update=update)
+        return _sdk.copy_model(message, update)
 
 
 def _rebuild_block(block: Any, text: str, extra: dict[str, Any] | None) -> Any:
@@ -130,7 +130,7 @@ def _rebuild_block(block: Any, text: str, extra: dict[str, Any] | None) -> Any:
             update["input"] = jiter.from_json(text.encode(), partial_mode="trailing-strings")
         except ValueError:
             update["input"] = {}
-    return block.model_copy(update=update) if update else block
+    return _sdk.copy_model(block, update) if update else block
 
 
 class _Guard:
@@ -143,7 +143,7 @@ class _Guard:
         # Weak: the stream holds the guard's generator, and a cycle back to the stream would
         # leave closing a dropped stream to the garbage collector instead of reference counting.
         self.outer = weakref.ref(outer)
-        self.send = send
+        self.send: Callable[[Any], Any] | None = send
         self.delivery = Delivery()
         self.restart_hook: Callable[[], None] | None = None
         """Set while a stream helper consumes events itself (`get_final_message()`): then
@@ -164,6 +164,20 @@ class _Guard:
     def committed_to_user(self) -> bool:
         return self.delivery.committed and self.restart_hook is None
 
+    def settle(self) -> None:
+        """At the commit point: when no restart can follow, let go of what one needed."""
+        if self.restart_hook is None:
+            self.send = None
+            self.call.settle()
+
+    def failed(self, err: Exception) -> Step:
+        return self.call.failed(
+            err,
+            "body",
+            committed=self.committed_to_user(),
+            partial=self.delivery.partial_message,
+        )
+
 
 class _SyncGuard(_Guard):
     __slots__ = ()
@@ -175,27 +189,29 @@ class _SyncGuard(_Guard):
                 inner = self.inner
                 try:
                     if not delivery.committed:
+                        released = None
                         for event in inner:
                             released = delivery.hold(event)
                             if released is not None:
-                                yield from released
                                 break
-                        else:
+                        if released is None:
                             raise _sdk.IncompleteStream
-                    add = delivery.add
+                        self.settle()
+                        yield from released
+                        released = None  # the consumer owns them now
+                    parts, add = delivery.parts, delivery.add
                     for event in inner:
-                        add(event)
+                        # Text deltas are nearly every event: record them inline.
+                        if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                            parts[event.index].append(event.delta.text)
+                        else:
+                            add(event)
                         yield event
                     if not delivery.complete:
                         raise _sdk.IncompleteStream
                 except Exception as err:
                     inner.close()
-                    step = call.failed(
-                        err,
-                        "body",
-                        committed=self.committed_to_user(),
-                        partial=delivery.partial_message,
-                    )
+                    step = self.failed(err)
                     if step.error is err:
                         raise
                     if step.error is not None:
@@ -211,6 +227,7 @@ class _SyncGuard(_Guard):
     def _restart(self) -> None:
         if self.restart_hook is not None:
             self.restart_hook()
+        assert self.send is not None, "a settled stream never restarts"
         attempt_stream = open_sync(self.call, self.send)
         self.prime(attempt_stream)
         self.inner = _sdk.own_iterator(attempt_stream)
@@ -226,28 +243,30 @@ class _AsyncGuard(_Guard):
                 inner = self.inner
                 try:
                     if not delivery.committed:
+                        released = None
                         async for event in inner:
                             released = delivery.hold(event)
                             if released is not None:
-                                for item in released:
-                                    yield item
                                 break
-                        else:
+                        if released is None:
                             raise _sdk.IncompleteStream
-                    add = delivery.add
+                        self.settle()
+                        for item in released:
+                            yield item
+                        released = None  # the consumer owns them now
+                    parts, add = delivery.parts, delivery.add
                     async for event in inner:
-                        add(event)
+                        # Text deltas are nearly every event: record them inline.
+                        if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                            parts[event.index].append(event.delta.text)
+                        else:
+                            add(event)
                         yield event
                     if not delivery.complete:
                         raise _sdk.IncompleteStream
                 except Exception as err:
                     await inner.aclose()
-                    step = call.failed(
-                        err,
-                        "body",
-                        committed=self.committed_to_user(),
-                        partial=delivery.partial_message,
-                    )
+                    step = self.failed(err)
                     if step.error is err:
                         raise
                     if step.error is not None:
@@ -263,6 +282,7 @@ class _AsyncGuard(_Guard):
     async def _restart(self) -> None:
         if self.restart_hook is not None:
             self.restart_hook()
+        assert self.send is not None, "a settled stream never restarts"
         attempt_stream = await open_async(self.call, self.send)
         self.prime(attempt_stream)
         self.inner = _sdk.own_iterator(attempt_stream)

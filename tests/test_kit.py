@@ -259,12 +259,12 @@ def test_long_stream_through_the_sdk(fake: FakeAnthropic, client: anthropic.Anth
     assert len(done(fake).events) == 2000 + 6
 
 
-def test_server_streams_well_over_50k_events_per_second(fake: FakeAnthropic) -> None:
-    answer = faults.ok(faults.text("x" * 20_000, deltas=20_000))  # built here, not timed
+def test_server_serves_a_20000_event_stream(fake: FakeAnthropic) -> None:
+    # Its speed is measured in benchmarks/, not asserted here.
+    answer = faults.ok(faults.text("x" * 20_000, deltas=20_000))
     body = json.dumps({**KW, "stream": True}).encode()
     with socket.create_connection(("127.0.0.1", fake.port)) as sock:
         fake.script(answer)
-        start = time.perf_counter()
         sock.sendall(
             b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s"
             % (len(body), body)
@@ -274,9 +274,7 @@ def test_server_streams_well_over_50k_events_per_second(fake: FakeAnthropic) -> 
             more = sock.recv(1 << 20)
             assert more
             data += more
-        elapsed = time.perf_counter() - start
     assert data.count(b"\nevent: content_block_delta\n") == 20_000
-    assert 20_007 / elapsed > 50_000, f"{20_007 / elapsed:.0f} events/s"
 
 
 # --- faults on a stream ---------------------------------------------------------------------
