@@ -30,7 +30,7 @@ from sdkguard._decide import (
 )
 from sdkguard._errors import StreamInterrupted, StreamStalled
 from sdkguard._events import RetryEvent
-from sdkguard._policy import Policy
+from sdkguard._policy import Policy, with_max_attempts
 
 logger = logging.getLogger("sdkguard")
 
@@ -88,6 +88,9 @@ class GuardedCall:
     def __init__(
         self, client: Any, cast_to: Any, options: Any, *, stream: bool, policy: Policy
     ) -> None:
+        explicit = _sdk.explicit_max_retries(client, options)
+        if explicit is not None:
+            policy = with_max_attempts(policy, explicit + 1)
         self.client = client
         self.cast_to = cast_to
         self.stream = stream
@@ -247,7 +250,7 @@ class GuardedCall:
                 f"{self.name}: stream interrupted after content was delivered: "
                 f"{failure.description}",
                 request=request,
-                partial_message=partial() if partial is not None else None,
+                partial_message=_partial_or_none(partial),
                 attempts=state.history,
                 reason=failure.reason,
             )
@@ -260,7 +263,7 @@ class GuardedCall:
                 reason=failure.reason,
                 limit=limit,
             )
-        elif not isinstance(err, anthropic.APIError):
+        elif not isinstance(err, anthropic.AnthropicError):
             # A raw transport error from a body read, or our own end-of-stream check: give
             # handlers the SDK's type for a connection failure.
             error = anthropic.APIConnectionError(
@@ -273,6 +276,15 @@ class GuardedCall:
                 add_note(error, line)
             add_note(error, f"sdkguard gave up: {decision.why_not}")
         return error
+
+
+def _partial_or_none(partial: Callable[[], Any] | None) -> Any:
+    # Rebuilding the message must never hide the failure being reported.
+    try:
+        return partial() if partial is not None else None
+    except Exception:
+        logger.debug("could not rebuild the partial message", exc_info=True)
+        return None
 
 
 # -- drivers ---------------------------------------------------------------------------------

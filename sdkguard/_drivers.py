@@ -10,28 +10,34 @@ from typing import Any
 
 from sdkguard._call import GuardedCall, open_async, open_sync
 from sdkguard._policy import Policy
-from sdkguard._sdk import is_guarded_request
+from sdkguard._sdk import is_guarded_request, request_method
 from sdkguard._stream import adopt_async, adopt_sync
 
-__all__ = ["is_guarded_request", "request_async", "request_sync"]
+__all__ = ["is_guarded_request", "request_async", "request_method", "request_sync"]
 
 
 def _bind(
-    cast_to: Any, options: Any, *_: Any, stream: bool = False, stream_cls: Any = None, **__: Any
-) -> tuple[Any, Any, bool, Any]:
-    # The arguments of `request()`; 0.x had a `remaining_retries` positional we drop.
-    return cast_to, options, stream, stream_cls
+    cast_to: Any,
+    options: Any,
+    *_: Any,
+    stream: bool = False,
+    stream_cls: Any = None,
+    **extra: Any,
+) -> tuple[Any, Any, bool, Any, dict[str, Any]]:
+    # The arguments of the patched method. `extra` is the SDK's `call=` (its span), passed on
+    # to every attempt; 0.x had a `remaining_retries` positional, which we drop.
+    return cast_to, options, stream, stream_cls, extra
 
 
 def request_sync(
     wrapped: Callable[..., Any], client: Any, policy: Policy, *args: Any, **kwargs: Any
 ) -> Any:
-    """The guarded `SyncAPIClient.request`."""
-    cast_to, options, stream, stream_cls = _bind(*args, **kwargs)
+    """The guarded `SyncAPIClient._request` (`request` before the SDK had tracing)."""
+    cast_to, options, stream, stream_cls, extra = _bind(*args, **kwargs)
     call = GuardedCall(client, cast_to, options, stream=stream, policy=policy)
 
     def send(attempt_options: Any) -> Any:
-        return wrapped(cast_to, attempt_options, stream=stream, stream_cls=stream_cls)
+        return wrapped(cast_to, attempt_options, stream=stream, stream_cls=stream_cls, **extra)
 
     result = open_sync(call, send)
     if stream:
@@ -43,12 +49,14 @@ def request_sync(
 async def request_async(
     wrapped: Callable[..., Any], client: Any, policy: Policy, *args: Any, **kwargs: Any
 ) -> Any:
-    """The guarded `AsyncAPIClient.request`."""
-    cast_to, options, stream, stream_cls = _bind(*args, **kwargs)
+    """The guarded `AsyncAPIClient._request` (`request` before the SDK had tracing)."""
+    cast_to, options, stream, stream_cls, extra = _bind(*args, **kwargs)
     call = GuardedCall(client, cast_to, options, stream=stream, policy=policy)
 
     async def send(attempt_options: Any) -> Any:
-        return await wrapped(cast_to, attempt_options, stream=stream, stream_cls=stream_cls)
+        return await wrapped(
+            cast_to, attempt_options, stream=stream, stream_cls=stream_cls, **extra
+        )
 
     result = await open_async(call, send)
     if stream:

@@ -102,8 +102,15 @@ def _apply_patches() -> None:
 
     _drivers = drivers  # loaded with anthropic, never by `import sdkguard`
 
-    _patch(_base_client.SyncAPIClient, "request", _sync_request)
-    _patch(_base_client.AsyncAPIClient, "request", _async_request)
+    for client_class, wrapper in (
+        (_base_client.SyncAPIClient, _sync_request),
+        (_base_client.AsyncAPIClient, _async_request),
+    ):
+        _patch(client_class, drivers.request_method(client_class), wrapper)
+    from anthropic import _streaming
+
+    for stream_class in (_streaming.Stream, _streaming.AsyncStream):
+        _patch(stream_class, "close", _stream_close)
     for module_name, class_names in _STREAM_HELPERS:
         module = sys.modules.get(module_name) or _import(module_name)
         for class_name in class_names:
@@ -154,6 +161,16 @@ def _async_request(
     if policy is None:
         return wrapped(*args, **kwargs)
     return _drivers.request_async(wrapped, instance, policy, *args, **kwargs)
+
+
+def _stream_close(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    # The caller closes the stream: what reading it raises from now on is not a failure.
+    guard = instance.__dict__.get("_sdkguard")
+    if guard is not None:
+        guard.closed = True
+    return wrapped(*args, **kwargs)
 
 
 def _restartable_guard(helper: Any) -> Any:

@@ -292,6 +292,21 @@ def apply_scopes(base: Policy, scopes: tuple[policy, ...]) -> Policy:
     return merged
 
 
+def with_max_attempts(base: Policy, max_attempts: int) -> Policy:
+    """`base` with another `max_attempts`, cached like the scopes (it is asked on every call)."""
+    if base.max_attempts == max_attempts:
+        return base
+    key = (id(base), -max_attempts)  # negative: never a scope id
+    hit = _merged.get(key)
+    if hit is not None and hit[0] is base:
+        return hit[2]
+    merged = base.replace(max_attempts=max_attempts)
+    if len(_merged) >= _MERGED_MAX:
+        _merged.clear()
+    _merged[key] = (base, (), merged)
+    return merged
+
+
 class policy:  # lower case: used like a function, `with sdkguard.policy(...)`
     """Override policy fields for the calls made inside a `with` block or a decorated function.
 

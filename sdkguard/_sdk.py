@@ -36,6 +36,22 @@ _RETRY_COUNT_HEADER = "x-stainless-retry-count"
 _HELPER_METHOD_HEADER = "x-stainless-helper-method"
 
 
+def request_method(client_class: type) -> str:
+    """The client method that carries one call's attempts: where sdkguard's loop goes.
+
+    From 1.14 `request()` opens the call's span and prepares the body once, then `_request()`
+    runs the SDK's retry loop, taking the span as `call=`: patching `_request` keeps one span
+    per call and a body prepared once (a generator of messages is read once). Before that,
+    `request()` itself is the loop.
+    """
+    import inspect
+
+    inner = client_class.__dict__.get("_request")
+    if inner is not None and "call" in inspect.signature(inner).parameters:
+        return "_request"
+    return "request"
+
+
 def is_guarded_request(options: Any) -> bool:
     """POST to a Messages endpoint: the only requests sdkguard takes over."""
     if options.method.lower() != "post":
@@ -59,6 +75,18 @@ def call_name(cast_to: Any, options: Any) -> str:
         if key.lower() == _HELPER_METHOD_HEADER and value == "stream":
             return prefix + "stream"
     return prefix + "create"
+
+
+def explicit_max_retries(client: Any, options: Any) -> int | None:
+    """The caller's own `max_retries` for this call, or None when it is the SDK's default.
+
+    The SDK's helpers set `max_retries=0` on requests that must not be resent (refusal
+    fallbacks, threads), and users who run their own retry loop do the same: their word wins.
+    """
+    value = options.max_retries
+    if not isinstance(value, int):
+        value = client.max_retries
+    return None if value == anthropic.DEFAULT_MAX_RETRIES else int(value)
 
 
 def idempotency_key(client: Any, options: Any) -> str | None:
@@ -112,7 +140,10 @@ def set_body_read_timeout(response: Any, read: float | None) -> None:
     The transport takes the read limit of a body from the request's `timeout` extension when
     the body starts to be read, so replacing it between headers and body is enough.
     """
-    request = response.request
+    try:
+        request = response.request
+    except RuntimeError:  # a response made from bytes (by middleware) has no request
+        return
     timeouts = request.extensions.get("timeout")
     if timeouts is not None:
         request.extensions["timeout"] = {**timeouts, "read": read}

@@ -108,9 +108,11 @@ class Delivery:
             delta = self.message_delta.delta
             update["stop_reason"] = delta.stop_reason
             update["stop_sequence"] = delta.stop_sequence
-            update["usage"] = _sdk.copy_model(
-                message.usage, {"output_tokens": self.message_delta.usage.output_tokens}
-            )
+            usage = getattr(self.message_delta, "usage", None)
+            if usage is not None and message.usage is not None:
+                update["usage"] = _sdk.copy_model(
+                    message.usage, {"output_tokens": usage.output_tokens}
+                )
         return _sdk.copy_model(message, update)
 
 
@@ -136,7 +138,7 @@ def _rebuild_block(block: Any, text: str, extra: dict[str, Any] | None) -> Any:
 class _Guard:
     """What the sync and async guards share: the call, the outward stream, the delivery."""
 
-    __slots__ = ("call", "delivery", "inner", "outer", "restart_hook", "send")
+    __slots__ = ("call", "closed", "delivery", "inner", "outer", "restart_hook", "send")
 
     def __init__(self, call: GuardedCall, outer: Any, send: Callable[[Any], Any]) -> None:
         self.call = call
@@ -149,6 +151,8 @@ class _Guard:
         """Set while a stream helper consumes events itself (`get_final_message()`): then
         nothing has reached the user, and a restart after the commit point is allowed."""
         self.inner: Any = None
+        self.closed = False
+        """The caller closed the stream: whatever reading it raises now is not retried."""
 
     def prime(self, attempt_stream: Any) -> None:
         """Prepare a new attempt's stream: body limits, progress watch, its event iterator."""
@@ -169,6 +173,11 @@ class _Guard:
         if self.restart_hook is None:
             self.send = None
             self.call.settle()
+
+    def held_back(self) -> list[Any]:
+        """The events held back at the commit point, handed over once (on giving up)."""
+        held, self.delivery.held = self.delivery.held, []
+        return held
 
     def failed(self, err: Exception) -> Step:
         return self.call.failed(
@@ -211,10 +220,14 @@ class _SyncGuard(_Guard):
                         raise _sdk.IncompleteStream
                 except Exception as err:
                     inner.close()
-                    step = self.failed(err)
-                    if step.error is err:
+                    if self.closed:  # the caller closed the stream: not a failure
                         raise
+                    step = self.failed(err)
                     if step.error is not None:
+                        # Giving up: deliver what was held back, as the SDK alone would have.
+                        yield from self.held_back()
+                        if step.error is err:
+                            raise
                         raise step.error from err
                     time.sleep(step.wait)
                     self._restart()
@@ -266,10 +279,15 @@ class _AsyncGuard(_Guard):
                         raise _sdk.IncompleteStream
                 except Exception as err:
                     await inner.aclose()
-                    step = self.failed(err)
-                    if step.error is err:
+                    if self.closed:  # the caller closed the stream: not a failure
                         raise
+                    step = self.failed(err)
                     if step.error is not None:
+                        # Giving up: deliver what was held back, as the SDK alone would have.
+                        for item in self.held_back():
+                            yield item
+                        if step.error is err:
+                            raise
                         raise step.error from err
                     await anyio.sleep(step.wait)
                     await self._restart()

@@ -17,6 +17,7 @@ from anthropic import _base_client
 
 import sdkguard
 from sdkguard._patch import current_policy
+from sdkguard._sdk import request_method
 from sdkguard.testing import FakeAnthropic, faults
 from tests.conftest import FAST
 from tests.helpers import API_KEY, MESSAGE_ARGS, Seen, assert_one_clean_message
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.timeout(20)
 
 
 def _request_attr(cls: type) -> Any:
-    return cls.__dict__["request"]
+    return cls.__dict__[request_method(cls)]
 
 
 # -- activation ---------------------------------------------------------------------------
@@ -402,3 +403,68 @@ def test_raw_responses_know_their_retries(
     server.script(faults.status(529), faults.reset_before_headers(), faults.ok())
     raw = client.messages.with_raw_response.create(**MESSAGE_ARGS)
     assert raw.retries_taken == 2
+
+
+@pytest.mark.parametrize(("max_retries", "requests"), [(0, 1), (1, 2), (2, 5)])
+def test_an_explicit_max_retries_is_the_callers_word(
+    server: FakeAnthropic, guard: None, max_retries: int, requests: int
+) -> None:
+    # 2 is the SDK's default, indistinguishable from "not set": sdkguard's 5 attempts apply.
+    server.script(*[faults.status(529)] * 6)
+    with (
+        anthropic.Anthropic(base_url=server.url, api_key=API_KEY, max_retries=max_retries) as c,
+        pytest.raises(anthropic.InternalServerError),
+    ):
+        c.messages.create(**MESSAGE_ARGS)
+    assert len(server.requests) == requests
+
+
+def test_a_body_from_a_generator_is_sent_whole_on_every_attempt(
+    server: FakeAnthropic, guard: None, client: anthropic.Anthropic
+) -> None:
+    server.script(faults.status(529), faults.ok())
+    messages = MESSAGE_ARGS["messages"]
+    client.messages.create(
+        model="m",
+        max_tokens=5,
+        messages=(m for m in messages),  # type: ignore[arg-type]
+    )
+    assert [r.body["messages"] for r in server.requests] == [messages, messages]
+
+
+def test_giving_up_before_content_delivers_what_was_held_back(
+    server: FakeAnthropic, guard: None, client: anthropic.Anthropic
+) -> None:
+    server.script(faults.sse_error_after(2, error_type="invalid_request_error"))
+    seen: list[str] = []
+    with (
+        pytest.raises(anthropic.APIStatusError),
+        client.messages.create(**MESSAGE_ARGS, stream=True) as stream,
+    ):
+        seen.extend(event.type for event in stream)
+    assert seen == ["message_start", "content_block_start"]  # as the SDK alone delivers them
+
+
+def test_a_stream_closed_by_another_thread_is_not_retried(
+    server: FakeAnthropic, guard: None, client: anthropic.Anthropic
+) -> None:
+    server.script(faults.stall_after(5), faults.ok())
+    stream = client.messages.create(**MESSAGE_ARGS, stream=True)
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            for _ in stream:
+                pass
+        except Exception as err:
+            errors.append(err)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    server.wait_for_requests(1)
+    time.sleep(0.05)
+    stream.close()
+    reader.join(5)
+    assert not reader.is_alive()
+    assert len(server.requests) == 1
+    assert errors and not isinstance(errors[0], sdkguard.StreamInterrupted)
