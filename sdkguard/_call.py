@@ -293,6 +293,7 @@ def _partial_or_none(partial: Callable[[], Any] | None) -> Any:
 def open_sync(call: GuardedCall, send: Callable[[Any], Any]) -> Any:
     """Send attempts until one gets a response (headers, or a whole non-streaming answer)."""
     while True:
+        token = _sdk.enter_attempt(call.state.attempt)
         try:
             return send(call.attempt_options())
         except Exception as err:
@@ -302,11 +303,14 @@ def open_sync(call: GuardedCall, send: Callable[[Any], Any]) -> Any:
             if step.error is not None:
                 raise step.error from err
             time.sleep(step.wait)
+        finally:
+            _sdk.leave_attempt(token)
 
 
 async def open_async(call: GuardedCall, send: Callable[[Any], Awaitable[Any]]) -> Any:
     """`open_sync` for the async client."""
     while True:
+        token = _sdk.enter_attempt(call.state.attempt)
         try:
             return await send(call.attempt_options())
         except Exception as err:
@@ -316,3 +320,5 @@ async def open_async(call: GuardedCall, send: Callable[[Any], Awaitable[Any]]) -
             if step.error is not None:
                 raise step.error from err
             await anyio.sleep(step.wait)
+        finally:
+            _sdk.leave_attempt(token)

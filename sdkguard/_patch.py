@@ -99,6 +99,7 @@ def _apply_patches() -> None:
     from anthropic import _base_client
 
     from sdkguard import _drivers as drivers
+    from sdkguard import _sdk
 
     _drivers = drivers  # loaded with anthropic, never by `import sdkguard`
 
@@ -106,7 +107,10 @@ def _apply_patches() -> None:
         (_base_client.SyncAPIClient, _sync_request),
         (_base_client.AsyncAPIClient, _async_request),
     ):
-        _patch(client_class, drivers.request_method(client_class), wrapper)
+        _patch(client_class, _sdk.request_method(client_class), wrapper)
+    request_class = _sdk.api_request_class()
+    if request_class is not None:
+        _patch(request_class, "__init__", _sdk.api_request_init)
     from anthropic import _streaming
 
     for stream_class in (_streaming.Stream, _streaming.AsyncStream):

@@ -7,6 +7,7 @@ handled here and nowhere else.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -110,6 +111,41 @@ def attempt_options(options: Any, retries_taken: int, timeout: Any, key: str | N
     if not any(name.lower() == _RETRY_COUNT_HEADER for name in headers):
         update["headers"] = {**headers, _RETRY_COUNT_HEADER: str(retries_taken)}
     return copy_model(options, update)
+
+
+# Retries taken before the attempt being sent, for the SDK's middleware: each attempt runs the
+# SDK's loop once, which would call every attempt `retries_taken=0`.
+_retries_taken: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "sdkguard_retries_taken", default=0
+)
+
+
+def enter_attempt(attempt: int) -> contextvars.Token[int] | None:
+    return _retries_taken.set(attempt - 1) if attempt > 1 else None
+
+
+def leave_attempt(token: contextvars.Token[int] | None) -> None:
+    if token is not None:
+        _retries_taken.reset(token)
+
+
+def api_request_init(
+    wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """`APIRequest.__init__` (middleware's view of an attempt) with the attempt's real count."""
+    taken = _retries_taken.get()
+    if taken:
+        kwargs["retries_taken"] = max(kwargs.get("retries_taken", 0), taken)
+    return wrapped(*args, **kwargs)
+
+
+def api_request_class() -> type | None:
+    """The SDK's `APIRequest` (0.108+: client middleware), or None."""
+    try:
+        from anthropic._request import APIRequest
+    except ImportError:
+        return None
+    return APIRequest
 
 
 def record_retries(result: Any, retries_taken: int) -> None:
