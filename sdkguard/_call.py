@@ -17,7 +17,7 @@ from typing import Any
 import anthropic
 import anyio
 
-from sdkguard import _sdk
+from sdkguard import _sdk, _telemetry
 from sdkguard._decide import (
     BUDGET,
     CallState,
@@ -83,10 +83,18 @@ class GuardedCall:
         "policy",
         "state",
         "stream",
+        "telemetry",
     )
 
     def __init__(
-        self, client: Any, cast_to: Any, options: Any, *, stream: bool, policy: Policy
+        self,
+        client: Any,
+        cast_to: Any,
+        options: Any,
+        *,
+        stream: bool,
+        policy: Policy,
+        sdk_call: Any = None,
     ) -> None:
         explicit = _sdk.explicit_max_retries(client, options)
         if explicit is not None:
@@ -102,6 +110,13 @@ class GuardedCall:
         now = time.monotonic()
         self.state = CallState(policy, started_at=now)
         self._attempt_started = now
+        self.telemetry = (
+            _telemetry.start_call(
+                self.name, options.json_data, client.base_url, stream=stream, sdk_call=sdk_call
+            )
+            if _telemetry.active()
+            else None
+        )
 
     @property
     def name(self) -> str:
@@ -146,11 +161,15 @@ class GuardedCall:
         remaining = self.state.remaining(now)
         return None if remaining is None else max(remaining, 0.001)
 
-    def succeeded(self, result: Any = None) -> None:
+    def succeeded(self, result: Any = None, message: Any = None) -> None:
+        """The call ended well: `result` is what the caller gets, `message` the streamed one."""
         if self.state.attempt > 1:
             _sdk.record_retries(result, self.state.attempt - 1)
         if self.policy.retry_budget:
             BUDGET.refund(self.policy.budget_success_refund)
+        if self.telemetry is not None:
+            self.telemetry.attempt_succeeded()
+            self.telemetry.finished(result if message is None else message)
 
     # -- failures -------------------------------------------------------------------------
 
@@ -185,6 +204,8 @@ class GuardedCall:
         """The step after attempt `self.state.attempt` raised `err`."""
         failure = self.classify(err, phase)
         if failure is None:  # not the network's or the API's doing: leave it exactly as raised
+            if self.telemetry is not None:
+                self.telemetry.finished(error_type=type(err).__qualname__)
             return Step(error=err)
         now = time.monotonic()
         duration = now - self._attempt_started
@@ -192,7 +213,13 @@ class GuardedCall:
             decision = Decision(False, why_not="content had already reached the caller")
         else:
             decision = self.state.decide(failure, now=now, rand=random.random())
-        self.state = self.state.record(failure, duration, decision.wait if decision.retry else None)
+        wait = decision.wait if decision.retry else None
+        self.state = self.state.record(failure, duration, wait)
+        if self.telemetry is not None:
+            stall = _STALL_LIMITS.get(failure.reason)
+            self.telemetry.attempt_failed(failure.reason, err, wait, stall=stall)
+            if wait is None:
+                self.telemetry.finished(_partial_or_none(partial), error_type=failure.reason)
         if decision.retry:
             self._announce(failure, err, decision.wait, now)
             return Step(wait=decision.wait)
@@ -295,7 +322,10 @@ def open_sync(call: GuardedCall, send: Callable[[Any], Any]) -> Any:
     while True:
         token = _sdk.enter_attempt(call.state.attempt)
         try:
-            return send(call.attempt_options())
+            if call.telemetry is None:
+                return send(call.attempt_options())
+            with call.telemetry.attempt(call.state.attempt):
+                return send(call.attempt_options())
         except Exception as err:
             step = call.failed(err, "response")
             if step.error is err:
@@ -312,7 +342,10 @@ async def open_async(call: GuardedCall, send: Callable[[Any], Awaitable[Any]]) -
     while True:
         token = _sdk.enter_attempt(call.state.attempt)
         try:
-            return await send(call.attempt_options())
+            if call.telemetry is None:
+                return await send(call.attempt_options())
+            with call.telemetry.attempt(call.state.attempt):
+                return await send(call.attempt_options())
         except Exception as err:
             step = call.failed(err, "response")
             if step.error is err:

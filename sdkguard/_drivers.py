@@ -34,7 +34,9 @@ def request_sync(
 ) -> Any:
     """The guarded `SyncAPIClient._request` (`request` before the SDK had tracing)."""
     cast_to, options, stream, stream_cls, extra = _bind(*args, **kwargs)
-    call = GuardedCall(client, cast_to, options, stream=stream, policy=policy)
+    call = GuardedCall(
+        client, cast_to, options, stream=stream, policy=policy, sdk_call=extra.get("call")
+    )
 
     def send(attempt_options: Any) -> Any:
         return wrapped(cast_to, attempt_options, stream=stream, stream_cls=stream_cls, **extra)
@@ -51,7 +53,9 @@ async def request_async(
 ) -> Any:
     """The guarded `AsyncAPIClient._request` (`request` before the SDK had tracing)."""
     cast_to, options, stream, stream_cls, extra = _bind(*args, **kwargs)
-    call = GuardedCall(client, cast_to, options, stream=stream, policy=policy)
+    call = GuardedCall(
+        client, cast_to, options, stream=stream, policy=policy, sdk_call=extra.get("call")
+    )
 
     async def send(attempt_options: Any) -> Any:
         return await wrapped(

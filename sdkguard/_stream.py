@@ -160,6 +160,9 @@ class _Guard:
         _sdk.set_body_read_timeout(attempt_stream.response, call.body_read_timeout())
         if call.policy.progress_timeout is not None:
             _sdk.watch_progress(attempt_stream, call.policy.progress_timeout)
+        if call.telemetry is not None:
+            response = attempt_stream.response
+            call.telemetry.response(response.headers, response.status_code)
         outer = self.outer()
         if outer is not None:  # `stream.response` follows the attempt
             outer.response = attempt_stream.response
@@ -170,9 +173,20 @@ class _Guard:
 
     def settle(self) -> None:
         """At the commit point: when no restart can follow, let go of what one needed."""
+        if self.call.telemetry is not None:
+            self.call.telemetry.first_chunk()
         if self.restart_hook is None:
             self.send = None
             self.call.settle()
+
+    def final_message(self) -> Any:
+        """The streamed message, rebuilt only when telemetry wants its usage."""
+        return self.delivery.partial_message() if self.call.telemetry is not None else None
+
+    def ended(self) -> None:
+        """The stream ended however it ended (closed, broken off): the call's spans end too."""
+        if self.call.telemetry is not None:
+            self.call.telemetry.finished(self.delivery.partial_message())
 
     def held_back(self) -> list[Any]:
         """The events held back at the commit point, handed over once (on giving up)."""
@@ -232,10 +246,11 @@ class _SyncGuard(_Guard):
                     time.sleep(step.wait)
                     self._restart()
                     continue
-                call.succeeded()
+                call.succeeded(message=self.final_message())
                 return
         finally:
             self.inner.close()
+            self.ended()
 
     def _restart(self) -> None:
         if self.restart_hook is not None:
@@ -292,10 +307,11 @@ class _AsyncGuard(_Guard):
                     await anyio.sleep(step.wait)
                     await self._restart()
                     continue
-                call.succeeded()
+                call.succeeded(message=self.final_message())
                 return
         finally:
             await self.inner.aclose()
+            self.ended()
 
     async def _restart(self) -> None:
         if self.restart_hook is not None:
@@ -320,6 +336,7 @@ def adopt_sync(call: GuardedCall, result: Any, send: Callable[[Any], Any]) -> An
     guard.prime(result)
     guard.inner = _sdk.take_iterator(result, guard.events())
     result._sdkguard = guard
+    _end_spans_when_dropped(result, call)
     return result
 
 
@@ -335,4 +352,11 @@ def adopt_async(call: GuardedCall, result: Any, send: Callable[[Any], Awaitable[
     guard.prime(result)
     guard.inner = _sdk.take_iterator(result, guard.events())
     result._sdkguard = guard
+    _end_spans_when_dropped(result, call)
     return result
+
+
+def _end_spans_when_dropped(stream: Any, call: GuardedCall) -> None:
+    # A stream dropped before it was ever read never runs its guard's `finally`.
+    if call.telemetry is not None:
+        weakref.finalize(stream, call.telemetry.finished)

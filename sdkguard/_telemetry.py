@@ -1,0 +1,324 @@
+"""OpenTelemetry: one span per logical call, one child span per attempt, and metrics.
+
+Only `opentelemetry-api` is used: with no provider configured, `start_call` returns None and a
+call pays for two provider look-ups. Message content, prompts, tool inputs, keys and header
+values are never recorded.
+
+When the SDK's own tracing is on (anthropic >= 1.14 with a provider), the SDK already opens one
+span per call, with the GenAI attributes and the token usage, around sdkguard's attempt loop:
+that span is the logical-call span, and sdkguard adds its attempt spans under it (and
+`sdkguard.attempts` on it) instead of opening a second one. So a trace has one root per call
+and the usage on exactly one span.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from sdkguard._version import __version__
+
+__all__ = ["CallTelemetry", "start_call"]
+
+SCOPE = "sdkguard"
+# The GenAI semantic conventions' advisory buckets.
+_DURATION_BUCKETS = tuple(round(0.01 * 2**i, 2) for i in range(14))  # 0.01 s ... 81.92 s
+_TOKEN_BUCKETS = tuple(float(4**i) for i in range(14))  # 1, 4, 16 ... 67,108,864
+_TTFC_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25)
+_TTFC_BUCKETS += (0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+class _Instruments:
+    """The tracer and instruments of one pair of providers (made once, then reused)."""
+
+    def __init__(self, tracer_provider: Any, meter_provider: Any) -> None:
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.tracer = trace.get_tracer(SCOPE, __version__, tracer_provider=tracer_provider)
+        meter = metrics.get_meter(SCOPE, __version__, meter_provider=meter_provider)
+        self.duration = meter.create_histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            description="Duration of a logical GenAI call, every attempt and wait included",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self.tokens = meter.create_histogram(
+            "gen_ai.client.token.usage",
+            unit="{token}",
+            description="Tokens used by a logical GenAI call, counted once",
+            explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
+        )
+        self.first_chunk = meter.create_histogram(
+            "gen_ai.client.operation.time_to_first_chunk",
+            unit="s",
+            description="Time from the start of a streamed call to its first delivered chunk",
+            explicit_bucket_boundaries_advisory=_TTFC_BUCKETS,
+        )
+        self.attempts = meter.create_counter(
+            "sdkguard.attempts", unit="{attempt}", description="Attempts by outcome and reason"
+        )
+        self.stalls = meter.create_counter(
+            "sdkguard.stalls", unit="{stall}", description="Stalls detected, by limit"
+        )
+        self.retry_wait = meter.create_histogram(
+            "sdkguard.retry.wait", unit="s", description="Waits before a retry"
+        )
+
+
+_instruments: _Instruments | None = None
+
+
+def _no_op(provider: object) -> bool:
+    # The API's stand-ins until the application configures a provider.
+    return type(provider).__name__ in (
+        "ProxyTracerProvider",
+        "NoOpTracerProvider",
+        "_ProxyMeterProvider",
+        "NoOpMeterProvider",
+    )
+
+
+def _current() -> _Instruments | None:
+    global _instruments
+    tracer_provider = trace.get_tracer_provider()
+    meter_provider = metrics.get_meter_provider()
+    if _no_op(tracer_provider) and _no_op(meter_provider):
+        return None
+    cached = _instruments
+    if (
+        cached is None
+        or cached.tracer_provider is not tracer_provider
+        or cached.meter_provider is not meter_provider
+    ):
+        cached = _instruments = _Instruments(tracer_provider, meter_provider)
+    return cached
+
+
+def active() -> bool:
+    """Whether an application configured a tracer or meter provider (cheap: two look-ups)."""
+    return not (_no_op(trace.get_tracer_provider()) and _no_op(metrics.get_meter_provider()))
+
+
+def start_call(
+    name: str, body: object, base_url: Any, *, stream: bool, sdk_call: Any
+) -> CallTelemetry | None:
+    """Telemetry for one guarded call, or None when no provider is configured."""
+    instruments = _current()
+    if instruments is None:
+        return None
+    return CallTelemetry(instruments, name, body, base_url, stream=stream, sdk_call=sdk_call)
+
+
+class CallTelemetry:
+    """The spans and measurements of one logical call."""
+
+    __slots__ = (
+        "_attempt_span",
+        "_attempts",
+        "_base_attributes",
+        "_ended",
+        "_first_chunk_at",
+        "_instruments",
+        "_own_span",
+        "_started",
+        "_stream",
+        "call_span",
+    )
+
+    def __init__(
+        self,
+        instruments: _Instruments,
+        name: str,
+        body: object,
+        base_url: Any,
+        *,
+        stream: bool,
+        sdk_call: Any,
+    ) -> None:
+        self._instruments = instruments
+        self._started = time.monotonic()
+        self._stream = stream
+        self._attempts = 0
+        self._attempt_span: Span | None = None
+        self._first_chunk_at: float | None = None
+        self._ended = False
+        request = body if isinstance(body, Mapping) else {}
+        operation = "count_tokens" if name.endswith("count_tokens") else "chat"
+        model = request.get("model")
+        self._base_attributes: dict[str, Any] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.provider.name": "anthropic",
+        }
+        if isinstance(model, str):
+            self._base_attributes["gen_ai.request.model"] = model
+        sdk_span = getattr(sdk_call, "span", None)
+        self._own_span = sdk_span is None
+        if sdk_span is not None:
+            self.call_span: Span = sdk_span
+            return
+        attributes = dict(self._base_attributes)
+        for key, attribute in (
+            ("max_tokens", "gen_ai.request.max_tokens"),
+            ("temperature", "gen_ai.request.temperature"),
+            ("top_p", "gen_ai.request.top_p"),
+            ("top_k", "gen_ai.request.top_k"),
+        ):
+            value = request.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                attributes[attribute] = value
+        attributes["gen_ai.request.stream"] = stream
+        host = getattr(base_url, "host", None)
+        if host:
+            attributes["server.address"] = host
+            attributes["server.port"] = base_url.port or (443 if base_url.scheme == "https" else 80)
+        span_name = f"{operation} {model}" if isinstance(model, str) else operation
+        self.call_span = instruments.tracer.start_span(
+            span_name, kind=SpanKind.CLIENT, attributes=attributes
+        )
+
+    # -- attempts -----------------------------------------------------------------------------
+
+    @contextmanager
+    def attempt(self, number: int) -> Iterator[None]:
+        """Open attempt `number`'s span and make it current while the attempt is sent."""
+        self._attempts = number
+        if not self._own_span:  # the SDK ends its span itself: say how many attempts now
+            self.call_span.set_attribute("sdkguard.attempts", number)
+        context = trace.set_span_in_context(self.call_span)
+        span = self._instruments.tracer.start_span(
+            "sdkguard.attempt",
+            context=context,
+            kind=SpanKind.INTERNAL,
+            attributes={"http.request.resend_count": number - 1},
+        )
+        self._attempt_span = span
+        with trace.use_span(span, end_on_exit=False, record_exception=False):
+            yield
+
+    def response(self, headers: Mapping[str, str], status: int) -> None:
+        """The attempt got response headers."""
+        span = self._attempt_span
+        if span is not None:
+            span.set_attribute("http.response.status_code", status)
+            request_id = headers.get("request-id")
+            if request_id:
+                span.set_attribute("anthropic.request.id", request_id)
+
+    def attempt_failed(
+        self, reason: str, error: BaseException, wait: float | None, *, stall: str | None
+    ) -> None:
+        """The current attempt failed; `wait` is the pause before the next one (None: none)."""
+        span = self._attempt_span
+        self._attempt_span = None
+        outcome = "retry" if wait is not None else "failed"
+        instruments = self._instruments
+        attributes = {"sdkguard.outcome": outcome, "sdkguard.reason": reason}
+        instruments.attempts.add(1, attributes)
+        if stall is not None:
+            instruments.stalls.add(1, {"sdkguard.limit": stall})
+        if wait is not None:
+            instruments.retry_wait.record(wait, {"sdkguard.reason": reason})
+        if span is None:
+            return
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if isinstance(status, int):
+            span.set_attribute("http.response.status_code", status)
+        span.set_attributes(attributes)
+        span.set_attribute("error.type", reason)
+        if stall is not None:
+            span.add_event("sdkguard.stall", {"sdkguard.limit": stall})
+        if wait is not None:
+            span.set_attribute("sdkguard.retry.wait", wait)
+            span.add_event("sdkguard.retry_scheduled", {"sdkguard.retry.wait": wait})
+        span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+    def attempt_succeeded(self) -> None:
+        span = self._attempt_span
+        self._attempt_span = None
+        self._instruments.attempts.add(1, {"sdkguard.outcome": "success"})
+        if span is not None:
+            span.set_attribute("sdkguard.outcome", "success")
+            span.end()
+
+    def first_chunk(self) -> None:
+        if self._first_chunk_at is None:
+            self._first_chunk_at = time.monotonic()
+
+    # -- the end of the call --------------------------------------------------------------------
+
+    def finished(self, message: Any = None, error_type: str | None = None) -> None:
+        """The call ended: with `message` (the response, or the part delivered), or an error."""
+        if self._ended:
+            return
+        self._ended = True
+        if self._attempt_span is not None:  # a stream closed or dropped by its caller
+            span, self._attempt_span = self._attempt_span, None
+            span.set_attribute("sdkguard.outcome", "closed")
+            span.end()
+        instruments = self._instruments
+        attributes = dict(self._base_attributes)
+        if error_type is not None:
+            attributes["error.type"] = error_type
+        instruments.duration.record(time.monotonic() - self._started, attributes)
+        if self._first_chunk_at is not None:
+            instruments.first_chunk.record(self._first_chunk_at - self._started, attributes)
+        usage = _usage(message)
+        for token_type, count in (("input", usage[0]), ("output", usage[1])):
+            if count is not None:
+                instruments.tokens.record(count, {**attributes, "gen_ai.token.type": token_type})
+        if not self._own_span:
+            return  # the SDK's span: the SDK records the response and ends it
+        span = self.call_span
+        span.set_attribute("sdkguard.attempts", self._attempts)
+        _set_response(span, message, usage)
+        if error_type is not None:
+            span.set_attribute("error.type", error_type)
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+
+def _usage(message: Any) -> tuple[int | None, int | None, int | None, int | None]:
+    """Input (with cache reads and writes, as the conventions count them for Anthropic),
+    output, cache read and cache creation tokens."""
+    usage = getattr(message, "usage", None)
+    if usage is None:
+        return None, None, None, None
+    base = getattr(usage, "input_tokens", None)
+    read = getattr(usage, "cache_read_input_tokens", None)
+    created = getattr(usage, "cache_creation_input_tokens", None)
+    total = None if base is None else base + (read or 0) + (created or 0)
+    return total, getattr(usage, "output_tokens", None), read, created
+
+
+def _set_response(
+    span: Span, message: Any, usage: tuple[int | None, int | None, int | None, int | None]
+) -> None:
+    if message is None:
+        return
+    for attribute, value in (
+        ("gen_ai.response.id", getattr(message, "id", None)),
+        ("gen_ai.response.model", getattr(message, "model", None)),
+    ):
+        if isinstance(value, str):
+            span.set_attribute(attribute, value)
+    stop_reason = getattr(message, "stop_reason", None)
+    if isinstance(stop_reason, str):
+        span.set_attribute("gen_ai.response.finish_reasons", [stop_reason])
+    for attribute, count in zip(
+        (
+            "gen_ai.usage.input_tokens",
+            "gen_ai.usage.output_tokens",
+            "gen_ai.usage.cache_read.input_tokens",
+            "gen_ai.usage.cache_creation.input_tokens",
+        ),
+        usage,
+        strict=True,
+    ):
+        if count is not None:
+            span.set_attribute(attribute, count)
