@@ -174,6 +174,7 @@ def _stream_close(
     guard = instance.__dict__.get("_sdkguard")
     if guard is not None:
         guard.closed = True
+        guard.ended()
     return wrapped(*args, **kwargs)
 
 

@@ -1,0 +1,229 @@
+"""Telemetry against the fault kit: in-memory span exporter and metric reader."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import anyio
+import pytest
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import sdkguard
+from sdkguard import _telemetry
+from sdkguard.testing import FakeAnthropic, faults
+from tests.helpers import API_KEY, MESSAGE_ARGS
+
+pytestmark = [pytest.mark.timeout(20), pytest.mark.usefixtures("guard")]
+
+
+class Recorded:
+    def __init__(self) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+
+    def spans(self) -> list[ReadableSpan]:
+        return list(self.exporter.get_finished_spans())
+
+    def calls(self) -> list[ReadableSpan]:
+        return [s for s in self.spans() if s.name != "sdkguard.attempt"]
+
+    def attempts(self) -> list[ReadableSpan]:
+        return [s for s in self.spans() if s.name == "sdkguard.attempt"]
+
+    def metric_points(self, name: str) -> list[Any]:
+        data = self.reader.get_metrics_data()
+        points: list[Any] = []
+        for resource in data.resource_metrics if data else ():
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == name:
+                        points.extend(metric.data.data_points)
+        return points
+
+
+@pytest.fixture
+def otel(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorded]:
+    recorded = Recorded()
+    # The global providers, as an application sets them (the API allows setting them once).
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: recorded.tracer_provider)
+    monkeypatch.setattr(metrics, "get_meter_provider", lambda: recorded.meter_provider)
+    yield recorded
+    recorded.tracer_provider.shutdown()
+    recorded.meter_provider.shutdown()
+
+
+def _client(server: FakeAnthropic) -> anthropic.Anthropic:
+    # The SDK's own tracing off: sdkguard's call span is the logical-call span.
+    return anthropic.Anthropic(base_url=server.url, api_key=API_KEY, open_telemetry=False)
+
+
+def test_no_provider_records_nothing_and_costs_nothing(server: FakeAnthropic) -> None:
+    assert not _telemetry.active()
+    with _client(server) as client:
+        client.messages.create(**MESSAGE_ARGS)
+
+
+def test_a_clean_call(server: FakeAnthropic, otel: Recorded) -> None:
+    with _client(server) as client:
+        client.messages.create(**MESSAGE_ARGS, extra_body={"temperature": 0.5, "top_k": 5})
+    (call,) = otel.calls()
+    (attempt,) = otel.attempts()
+    assert call.name == "chat claude-test" and call.kind == trace.SpanKind.CLIENT
+    attrs = dict(call.attributes or {})
+    assert attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["gen_ai.provider.name"] == "anthropic"
+    assert attrs["gen_ai.request.model"] == "claude-test"
+    assert attrs["gen_ai.request.max_tokens"] == 64 and attrs["gen_ai.request.top_k"] == 5
+    assert attrs["gen_ai.request.temperature"] == 0.5
+    assert attrs["server.address"] == "127.0.0.1" and attrs["server.port"] == server.port
+    assert attrs["gen_ai.response.id"].startswith("msg_fake_")
+    assert attrs["gen_ai.response.finish_reasons"] == ("end_turn",)
+    assert attrs["gen_ai.usage.input_tokens"] == 10 and attrs["gen_ai.usage.output_tokens"] > 0
+    assert attrs["sdkguard.attempts"] == 1
+    assert attempt.parent is not None and attempt.parent.span_id == call.context.span_id
+    assert dict(attempt.attributes or {})["http.request.resend_count"] == 0
+    assert [p.count for p in otel.metric_points("gen_ai.client.operation.duration")] == [1]
+    tokens = otel.metric_points("gen_ai.client.token.usage")
+    assert sorted(p.attributes["gen_ai.token.type"] for p in tokens) == ["input", "output"]
+    assert all(p.count == 1 for p in tokens)
+
+
+def test_a_reset_before_content_then_success(server: FakeAnthropic, otel: Recorded) -> None:
+    server.script(faults.reset_after(2), faults.ok())
+    with _client(server) as client, client.messages.create(**MESSAGE_ARGS, stream=True) as s:
+        list(s)
+    (call,) = otel.calls()
+    first, second = sorted(otel.attempts(), key=lambda s: s.start_time or 0)
+    assert [dict(a.attributes or {})["http.request.resend_count"] for a in (first, second)] == [
+        0,
+        1,
+    ]
+    first_attrs = dict(first.attributes or {})
+    assert first_attrs["sdkguard.reason"] == "connection_reset"
+    assert first_attrs["sdkguard.outcome"] == "retry" and "sdkguard.retry.wait" in first_attrs
+    assert [e.name for e in first.events] == ["sdkguard.retry_scheduled"]
+    assert dict(second.attributes or {})["sdkguard.outcome"] == "success"
+    assert dict(second.attributes or {})["anthropic.request.id"].startswith("req_fake_")
+    attrs = dict(call.attributes or {})
+    assert attrs["sdkguard.attempts"] == 2 and attrs["gen_ai.request.stream"] is True
+    assert attrs["gen_ai.usage.output_tokens"] > 0
+    assert len(otel.metric_points("gen_ai.client.operation.time_to_first_chunk")) == 1
+    outcomes = {
+        p.attributes["sdkguard.outcome"]: p.value for p in otel.metric_points("sdkguard.attempts")
+    }
+    assert outcomes == {"retry": 1, "success": 1}
+
+
+def test_a_call_that_gives_up(server: FakeAnthropic, otel: Recorded) -> None:
+    server.script(*[faults.status(529)] * 3)
+    with (
+        sdkguard.policy(max_attempts=3),
+        _client(server) as client,
+        pytest.raises(anthropic.InternalServerError),
+    ):
+        client.messages.create(**MESSAGE_ARGS)
+    (call,) = otel.calls()
+    assert dict(call.attributes or {})["error.type"] == "status_529"
+    assert call.status.status_code == trace.StatusCode.ERROR
+    attempts = otel.attempts()
+    assert len(attempts) == 3
+    assert all(dict(a.attributes or {})["http.response.status_code"] == 529 for a in attempts)
+    waits = otel.metric_points("sdkguard.retry.wait")
+    assert sum(p.count for p in waits) == 2
+
+
+def test_a_stall_is_an_event_and_a_metric(server: FakeAnthropic, otel: Recorded) -> None:
+    server.script(faults.stall_after(2), faults.ok())
+    with _client(server) as client, client.messages.create(**MESSAGE_ARGS, stream=True) as s:
+        list(s)
+    first = sorted(otel.attempts(), key=lambda s: s.start_time or 0)[0]
+    assert [e.name for e in first.events] == ["sdkguard.stall", "sdkguard.retry_scheduled"]
+    (stall,) = otel.metric_points("sdkguard.stalls")
+    assert stall.attributes == {"sdkguard.limit": "idle_timeout"} and stall.value == 1
+
+
+def test_a_closed_and_a_dropped_stream_end_their_spans(
+    server: FakeAnthropic, otel: Recorded
+) -> None:
+    server.script(faults.ok(faults.text("a" * 50, deltas=25)), faults.ok())
+    with _client(server) as client:
+        with client.messages.create(**MESSAGE_ARGS, stream=True) as stream:
+            for event in stream:
+                if event.type == "content_block_delta":
+                    break
+        dropped = client.messages.create(**MESSAGE_ARGS, stream=True)
+        del dropped
+        gc.collect()
+    assert len(otel.calls()) == 2 and len(otel.attempts()) == 2
+    assert all(s.end_time is not None for s in otel.spans())
+
+
+def test_async_call_spans(server: FakeAnthropic, otel: Recorded) -> None:
+    server.script(faults.status(529), faults.ok())
+
+    async def main() -> None:
+        async with anthropic.AsyncAnthropic(
+            base_url=server.url, api_key=API_KEY, open_telemetry=False
+        ) as client:
+            stream = await client.messages.create(**MESSAGE_ARGS, stream=True)
+            async with stream:
+                async for _ in stream:
+                    pass
+
+    anyio.run(main)
+    (call,) = otel.calls()
+    assert dict(call.attributes or {})["sdkguard.attempts"] == 2
+    assert len(otel.attempts()) == 2
+
+
+def test_with_the_sdks_own_tracing_one_root_and_usage_once(
+    server: FakeAnthropic, otel: Recorded
+) -> None:
+    pytest.importorskip("anthropic._tracing")
+    server.script(faults.reset_before_headers(), faults.ok())
+    with anthropic.Anthropic(
+        base_url=server.url,
+        api_key=API_KEY,
+        open_telemetry={"tracer_provider": otel.tracer_provider},
+    ) as client:
+        client.messages.create(**MESSAGE_ARGS)
+    spans = otel.spans()
+    roots = [s for s in spans if s.parent is None]
+    assert len(roots) == 1, [s.name for s in spans]
+    with_usage = [s for s in spans if "gen_ai.usage.input_tokens" in (s.attributes or {})]
+    assert with_usage == roots
+    assert dict(roots[0].attributes or {})["sdkguard.attempts"] == 2
+    assert len(otel.attempts()) == 2
+    assert all(a.parent and a.parent.span_id == roots[0].context.span_id for a in otel.attempts())
+    assert sum(p.count for p in otel.metric_points("gen_ai.client.token.usage")) == 2
+
+
+def test_nothing_of_the_prompt_completion_or_key_is_recorded(
+    server: FakeAnthropic, otel: Recorded
+) -> None:
+    server.script(faults.reset_after(5), faults.ok())
+    with (
+        _client(server) as client,
+        pytest.raises(sdkguard.StreamInterrupted),
+        client.messages.create(**MESSAGE_ARGS, stream=True) as stream,
+    ):
+        list(stream)
+    dump = repr(
+        [
+            (s.name, dict(s.attributes or {}), [(e.name, e.attributes) for e in s.events])
+            for s in otel.spans()
+        ]
+    )
+    for secret in (API_KEY, "secret prompt text", "Hello from"):
+        assert secret not in dump
