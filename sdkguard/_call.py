@@ -110,11 +110,17 @@ class GuardedCall:
         now = time.monotonic()
         self.state = CallState(policy, started_at=now)
         self._attempt_started = now
+        traced, tracer_provider = _sdk.client_tracing(client)
         self.telemetry = (
             _telemetry.start_call(
-                self.name, options.json_data, client.base_url, stream=stream, sdk_call=sdk_call
+                lambda: self.name,
+                options.json_data,
+                client.base_url,
+                stream=stream,
+                sdk_call=sdk_call,
+                tracer_provider=tracer_provider,
             )
-            if _telemetry.active()
+            if traced
             else None
         )
 

@@ -208,6 +208,21 @@ def error_type(body: object) -> str | None:
 # -- streams --------------------------------------------------------------------------------
 
 
+def client_tracing(client: Any) -> tuple[bool, Any]:
+    """Whether sdkguard may trace this client's calls, and the tracer provider it names.
+
+    From 1.14 the client has its own OpenTelemetry switch (`open_telemetry=False`,
+    `ANTHROPIC_OPEN_TELEMETRY=false`); sdkguard follows it. Before, there is none: the global
+    providers decide.
+    """
+    options = getattr(client, "_open_telemetry", None)
+    if not isinstance(options, dict):
+        return True, None
+    if not options.get("traces", {}).get("enabled", True) or client._tracer is None:
+        return False, None
+    return True, options.get("tracer_provider")
+
+
 def is_event_stream(value: object) -> bool:
     return isinstance(value, (anthropic.Stream, anthropic.AsyncStream))
 

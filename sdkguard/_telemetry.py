@@ -14,7 +14,7 @@ and the usage on exactly one span.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -83,10 +83,13 @@ def _no_op(provider: object) -> bool:
     )
 
 
-def _current() -> _Instruments | None:
+def _current(tracer_provider: Any = None) -> _Instruments | None:
     global _instruments
-    tracer_provider = trace.get_tracer_provider()
-    meter_provider = metrics.get_meter_provider()
+    try:
+        tracer_provider = tracer_provider or trace.get_tracer_provider()
+        meter_provider = metrics.get_meter_provider()
+    except Exception:  # a provider that cannot load must never break a call
+        return None
     if _no_op(tracer_provider) and _no_op(meter_provider):
         return None
     cached = _instruments
@@ -99,19 +102,20 @@ def _current() -> _Instruments | None:
     return cached
 
 
-def active() -> bool:
-    """Whether an application configured a tracer or meter provider (cheap: two look-ups)."""
-    return not (_no_op(trace.get_tracer_provider()) and _no_op(metrics.get_meter_provider()))
-
-
 def start_call(
-    name: str, body: object, base_url: Any, *, stream: bool, sdk_call: Any
+    name: Callable[[], str],
+    body: object,
+    base_url: Any,
+    *,
+    stream: bool,
+    sdk_call: Any,
+    tracer_provider: Any = None,
 ) -> CallTelemetry | None:
     """Telemetry for one guarded call, or None when no provider is configured."""
-    instruments = _current()
+    instruments = _current(tracer_provider)
     if instruments is None:
         return None
-    return CallTelemetry(instruments, name, body, base_url, stream=stream, sdk_call=sdk_call)
+    return CallTelemetry(instruments, name(), body, base_url, stream=stream, sdk_call=sdk_call)
 
 
 class CallTelemetry:

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import sdkguard
-from sdkguard import _telemetry
+from sdkguard import _sdk, _telemetry
 from sdkguard.testing import FakeAnthropic, faults
 from tests.helpers import API_KEY, MESSAGE_ARGS
 
@@ -58,20 +58,33 @@ def otel(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorded]:
     # The global providers, as an application sets them (the API allows setting them once).
     monkeypatch.setattr(trace, "get_tracer_provider", lambda: recorded.tracer_provider)
     monkeypatch.setattr(metrics, "get_meter_provider", lambda: recorded.meter_provider)
+    # As on an SDK without tracing of its own (before 1.14): sdkguard's call span is the
+    # logical-call span. `_client` turns the SDK's own spans off to match.
+    monkeypatch.setattr(_sdk, "client_tracing", lambda client: (True, None))
     yield recorded
     recorded.tracer_provider.shutdown()
     recorded.meter_provider.shutdown()
 
 
 def _client(server: FakeAnthropic) -> anthropic.Anthropic:
-    # The SDK's own tracing off: sdkguard's call span is the logical-call span.
     return anthropic.Anthropic(base_url=server.url, api_key=API_KEY, open_telemetry=False)
 
 
-def test_no_provider_records_nothing_and_costs_nothing(server: FakeAnthropic) -> None:
-    assert not _telemetry.active()
+def test_no_provider_records_nothing(server: FakeAnthropic) -> None:
+    assert _telemetry._current() is None
     with _client(server) as client:
         client.messages.create(**MESSAGE_ARGS)
+
+
+def test_a_client_with_tracing_turned_off_gets_no_sdkguard_spans(
+    server: FakeAnthropic, otel: Recorded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.undo()  # the real switch of the installed SDK
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: otel.tracer_provider)
+    server.script(faults.status(529), faults.ok())
+    with anthropic.Anthropic(base_url=server.url, api_key=API_KEY, open_telemetry=False) as c:
+        c.messages.create(**MESSAGE_ARGS)
+    assert otel.spans() == []
 
 
 def test_a_clean_call(server: FakeAnthropic, otel: Recorded) -> None:
@@ -188,9 +201,11 @@ def test_async_call_spans(server: FakeAnthropic, otel: Recorded) -> None:
 
 
 def test_with_the_sdks_own_tracing_one_root_and_usage_once(
-    server: FakeAnthropic, otel: Recorded
+    server: FakeAnthropic, otel: Recorded, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("anthropic._tracing")
+    monkeypatch.undo()  # the installed SDK as it is, with its own tracing
+    monkeypatch.setattr(metrics, "get_meter_provider", lambda: otel.meter_provider)
     server.script(faults.reset_before_headers(), faults.ok())
     with anthropic.Anthropic(
         base_url=server.url,
