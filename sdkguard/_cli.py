@@ -1,5 +1,7 @@
 """The `sdkguard` command line: the console script `sdkguard` and `python -m sdkguard`.
 
+    sdkguard run [POLICY OPTIONS] -- COMMAND [ARG ...]
+    sdkguard doctor [--json]
     sdkguard demo [--fast] [--only NAME[,NAME...]]
 
 Each subcommand lives in its own module, whose `add_parser(commands)` registers its parser
@@ -14,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from sdkguard import _demo
+from sdkguard import _demo, _doctor, _run
 from sdkguard._version import __version__
 
 __all__ = ["main"]
@@ -47,5 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", title="commands"
     )
+    _run.add_parser(commands)
+    _doctor.add_parser(commands)
     _demo.add_parser(commands)
     return parser
