@@ -13,10 +13,12 @@ and the usage on exactly one span.
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -71,6 +73,23 @@ class _Instruments:
 
 
 _instruments: _Instruments | None = None
+_F = TypeVar("_F", bound=Callable[..., Any])
+log = logging.getLogger("sdkguard")
+
+
+def _never_raises(func: _F) -> _F:
+    """Telemetry must never break a call: a failing provider, sampler, processor or exporter,
+    or a malformed answer, costs the call its telemetry, nothing more."""
+
+    @functools.wraps(func)
+    def safe(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except Exception:
+            log.debug("sdkguard telemetry failed; the call goes on", exc_info=True)
+            return None
+
+    return cast(_F, safe)
 
 
 def _no_op(provider: object) -> bool:
@@ -102,6 +121,7 @@ def _current(tracer_provider: Any = None) -> _Instruments | None:
     return cached
 
 
+@_never_raises
 def start_call(
     name: Callable[[], str],
     body: object,
@@ -190,6 +210,15 @@ class CallTelemetry:
     @contextmanager
     def attempt(self, number: int) -> Iterator[None]:
         """Open attempt `number`'s span and make it current while the attempt is sent."""
+        span = self._start_attempt(number)
+        if span is None:
+            yield
+            return
+        with trace.use_span(span, end_on_exit=False, record_exception=False):
+            yield
+
+    @_never_raises
+    def _start_attempt(self, number: int) -> Span:
         self._attempts = number
         if not self._own_span:  # the SDK ends its span itself: say how many attempts now
             self.call_span.set_attribute("sdkguard.attempts", number)
@@ -201,9 +230,9 @@ class CallTelemetry:
             attributes={"http.request.resend_count": number - 1},
         )
         self._attempt_span = span
-        with trace.use_span(span, end_on_exit=False, record_exception=False):
-            yield
+        return span
 
+    @_never_raises
     def response(self, headers: Mapping[str, str], status: int) -> None:
         """The attempt got response headers."""
         span = self._attempt_span
@@ -213,6 +242,7 @@ class CallTelemetry:
             if request_id:
                 span.set_attribute("anthropic.request.id", request_id)
 
+    @_never_raises
     def attempt_failed(
         self, reason: str, error: BaseException, wait: float | None, *, stall: str | None
     ) -> None:
@@ -242,6 +272,7 @@ class CallTelemetry:
         span.set_status(Status(StatusCode.ERROR))
         span.end()
 
+    @_never_raises
     def attempt_succeeded(self) -> None:
         span = self._attempt_span
         self._attempt_span = None
@@ -250,12 +281,14 @@ class CallTelemetry:
             span.set_attribute("sdkguard.outcome", "success")
             span.end()
 
+    @_never_raises
     def first_chunk(self) -> None:
         if self._first_chunk_at is None:
             self._first_chunk_at = time.monotonic()
 
     # -- the end of the call --------------------------------------------------------------------
 
+    @_never_raises
     def finished(self, message: Any = None, error_type: str | None = None) -> None:
         """The call ended: with `message` (the response, or the part delivered), or an error."""
         if self._ended:
@@ -293,11 +326,22 @@ def _usage(message: Any) -> tuple[int | None, int | None, int | None, int | None
     usage = getattr(message, "usage", None)
     if usage is None:
         return None, None, None, None
-    base = getattr(usage, "input_tokens", None)
-    read = getattr(usage, "cache_read_input_tokens", None)
-    created = getattr(usage, "cache_creation_input_tokens", None)
+    base, output, read, created = (
+        _count(getattr(usage, name, None))
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "cache_read_input_tokens",
+            "cache_creation_input_tokens",
+        )
+    )
     total = None if base is None else base + (read or 0) + (created or 0)
-    return total, getattr(usage, "output_tokens", None), read, created
+    return total, output, read, created
+
+
+def _count(value: object) -> int | None:
+    # Only real counts: a malformed answer (a count as a string) is not recorded.
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _set_response(

@@ -242,3 +242,18 @@ def test_nothing_of_the_prompt_completion_or_key_is_recorded(
     )
     for secret in (API_KEY, "secret prompt text", "Hello from"):
         assert secret not in dump
+
+
+def test_telemetry_that_fails_never_breaks_a_call(server: FakeAnthropic, otel: Recorded) -> None:
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class Broken(SpanProcessor):
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            raise RuntimeError("cannot start a span")
+
+    otel.tracer_provider.add_span_processor(Broken())
+    server.script(faults.reset_after(2), faults.ok())
+    with _client(server) as client, client.messages.create(**MESSAGE_ARGS, stream=True) as s:
+        types = [event.type for event in s]
+    assert types[0] == "message_start" and types[-1] == "message_stop"
+    assert len(server.requests) == 2
