@@ -19,11 +19,11 @@ demo: $(STAMP)
 test: $(STAMP) lint typecheck unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check sdkguard tests benchmarks tools
-	$(BIN)/ruff format --check sdkguard tests benchmarks tools
+	$(BIN)/ruff check sdkguard tests benchmarks tools startup
+	$(BIN)/ruff format --check sdkguard tests benchmarks tools startup
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict sdkguard
+	$(BIN)/mypy --strict sdkguard startup/_sdkguard_startup.py
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest
