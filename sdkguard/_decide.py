@@ -148,8 +148,8 @@ class CallState:
                 ),
             )
         wait = self.backoff(rand) if failure.retry_after is None else max(failure.retry_after, 0.0)
-        remaining = self.remaining(now)
-        if remaining is not None and wait >= remaining:
+        # Compared as the caller will: the wait must end strictly before the deadline.
+        if policy.deadline is not None and now + wait >= self.started_at + policy.deadline:
             return Decision(False, why_not=f"the deadline ({policy.deadline:g} s) would pass")
         if budget is not None and policy.retry_budget:
             cost = policy.budget_timeout_cost if failure.timeout else policy.budget_retry_cost
