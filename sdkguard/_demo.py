@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -35,7 +35,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "Start a fake Anthropic server in this process and make the same call with the "
             "plain anthropic SDK and with sdkguard installed, once per fault; each fault hits "
             "the first attempt only. Prints a table; exits 0 when every guarded call ended "
-            "as expected."
+            "as expected (and, with --otlp, the endpoint took every span)."
         ),
         epilog="rows: " + ", ".join(row.name for row in _ROWS),
     )
@@ -52,6 +52,16 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="NAME[,NAME...]",
         help="run only these rows (repeatable)",
     )
+    demo.add_argument(
+        "--otlp",
+        metavar="URL",
+        help=(
+            "export the guarded calls' traces (and metrics) over OTLP/HTTP to URL, such as "
+            "http://127.0.0.1:4318: spans to URL/v1/traces, metrics to URL/v1/metrics "
+            "(OTEL_METRICS_EXPORTER=none: no metrics); service.name sdkguard-demo. Needs "
+            f"opentelemetry-sdk and {_OTLP_PACKAGE}: pip install 'sdkguard[otel]'"
+        ),
+    )
     demo.set_defaults(handler=_demo)
 
 
@@ -65,6 +75,10 @@ def _row_names(value: str) -> list[str]:
             + ", ".join(row.name for row in _ROWS)
         )
     return names
+
+
+_OTLP_PACKAGE = "opentelemetry-exporter-otlp-proto-http"
+_SERVICE_NAME = "sdkguard-demo"
 
 
 @dataclass(frozen=True)
@@ -317,6 +331,7 @@ def _worker(
     guarded: bool,
     probe: _Probe,
     on_retry: Callable[[object], None],
+    untraced_plain: bool,
 ) -> None:
     import anthropic
 
@@ -328,10 +343,14 @@ def _worker(
             client = anthropic.Anthropic(base_url=url, api_key=_API_KEY)
             scope = sdkguard.policy(on_retry=on_retry)
         else:
+            extra: dict[str, Any] = {}
+            if untraced_plain and _sdk_has_tracing(anthropic):
+                extra["open_telemetry"] = False  # --otlp traces the guarded calls only
             client = anthropic.Anthropic(
                 base_url=url,
                 api_key=_API_KEY,
                 timeout=anthropic.Timeout(bounds.plain_read, connect=_PLAIN_CONNECT),
+                **extra,
             )
             scope = sdkguard.policy(enabled=False)  # the SDK exactly as without sdkguard
         with client, scope:
@@ -341,6 +360,13 @@ def _worker(
     finally:
         probe.ended = time.monotonic()
         probe.done.set()
+
+
+def _sdk_has_tracing(anthropic: ModuleType) -> bool:
+    """Whether the SDK traces its own calls (1.14 and later): its `open_telemetry` option."""
+    import inspect
+
+    return "open_telemetry" in inspect.signature(anthropic.Anthropic.__init__).parameters
 
 
 def _describe(err: BaseException) -> str:
@@ -364,7 +390,9 @@ def _describe(err: BaseException) -> str:
     return f"{name} ({message})" if message else name
 
 
-def _run_side(row: _Row, bounds: _Bounds, guarded: bool, expected_text: str) -> _Outcome:
+def _run_side(
+    row: _Row, bounds: _Bounds, guarded: bool, expected_text: str, *, untraced_plain: bool = False
+) -> _Outcome:
     from sdkguard._errors import StreamInterrupted
     from sdkguard.testing import FakeAnthropic, faults
 
@@ -392,7 +420,7 @@ def _run_side(row: _Row, bounds: _Bounds, guarded: bool, expected_text: str) -> 
             server.refuse_connections()
         worker = threading.Thread(
             target=_worker,
-            args=(server.url, row, bounds, guarded, probe, on_retry),
+            args=(server.url, row, bounds, guarded, probe, on_retry, untraced_plain),
             name=thread_name,
             daemon=True,
         )
@@ -422,6 +450,136 @@ def _run_side(row: _Row, bounds: _Bounds, guarded: bool, expected_text: str) -> 
         error = f"wrong text: {probe.text!r}"
         return _Outcome("failed", seconds, tries, tokens, probe.text, error, lines)
     return _Outcome("ok", seconds, tries, tokens, probe.text, logs=lines)
+
+
+# --- --otlp ---------------------------------------------------------------------------------
+
+
+class _OtlpMissing(Exception):
+    """A package that `--otlp` needs is not installed; the message names it."""
+
+
+@dataclass
+class _Otlp:
+    """The OpenTelemetry SDK providers of `--otlp`, set as the global ones."""
+
+    traces_url: str
+    metrics_url: str | None
+    """None: OTEL_METRICS_EXPORTER=none."""
+    tracer_provider: Any
+    meter_provider: Any
+    sent: int = 0
+    """Spans the endpoint accepted."""
+    failed: int = 0
+    """Spans it did not (the exporter logs why)."""
+
+    def finish(self) -> str:
+        """Export what is left, shut the providers down; one line saying what was sent."""
+        self.tracer_provider.force_flush(10_000)
+        self.tracer_provider.shutdown()
+        if self.meter_provider is not None:
+            self.meter_provider.shutdown(timeout_millis=10_000)
+        total = self.sent + self.failed
+        line = (
+            f"OpenTelemetry: {self.sent} spans sent to {self.traces_url}"
+            if not self.failed
+            else f"OpenTelemetry: {self.failed} of {total} spans NOT sent to {self.traces_url}"
+        )
+        line += f" (service.name {_SERVICE_NAME})"
+        if self.metrics_url is not None:
+            line += f"; metrics to {self.metrics_url}"
+        return line
+
+
+def _otlp_base(url: str) -> str:
+    """`http://host:4318` from that or from `http://host:4318/v1/traces`."""
+    base = url.rstrip("/")
+    for signal in ("/v1/traces", "/v1/metrics"):
+        if base.endswith(signal):
+            base = base[: -len(signal)]
+    return base
+
+
+def _start_otlp(url: str) -> _Otlp:
+    """SDK tracer and meter providers exporting over OTLP/HTTP, set as the global providers.
+
+    Raises `_OtlpMissing` when opentelemetry-sdk or the exporter package is not installed.
+    """
+    try:
+        from opentelemetry import metrics, trace
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            SpanExporter,
+            SpanExportResult,
+        )
+    except ImportError as err:
+        raise _OtlpMissing(f"opentelemetry-sdk ({err})") from err
+    try:
+        # Not in the `dev` extra, so possibly absent where mypy runs.
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[import-not-found, unused-ignore]
+            OTLPMetricExporter,
+        )
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found, unused-ignore]
+            OTLPSpanExporter,
+        )
+    except ImportError as err:
+        raise _OtlpMissing(f"{_OTLP_PACKAGE} ({err})") from err
+
+    base = _otlp_base(url)
+    metrics_off = os.environ.get("OTEL_METRICS_EXPORTER", "").strip().lower() == "none"
+    resource = Resource.create({SERVICE_NAME: _SERVICE_NAME})
+    tracer_provider = TracerProvider(resource=resource)
+    meter_provider = (
+        None
+        if metrics_off
+        else MeterProvider(
+            resource=resource,
+            metric_readers=[
+                PeriodicExportingMetricReader(
+                    OTLPMetricExporter(endpoint=f"{base}/v1/metrics", timeout=5.0)
+                )
+            ],
+        )
+    )
+    otlp = _Otlp(
+        f"{base}/v1/traces", None if metrics_off else f"{base}/v1/metrics", tracer_provider, None
+    )
+    spans: SpanExporter = OTLPSpanExporter(endpoint=otlp.traces_url, timeout=5.0)
+
+    class Counting(SpanExporter):
+        """The OTLP exporter, counting the spans sent and not sent."""
+
+        def export(self, batch: Sequence[ReadableSpan]) -> SpanExportResult:
+            result = spans.export(batch)
+            if result == SpanExportResult.SUCCESS:
+                otlp.sent += len(batch)
+            else:
+                otlp.failed += len(batch)
+            return result
+
+        def shutdown(self) -> None:
+            spans.shutdown()
+
+        def force_flush(self, timeout_millis: int = 30_000) -> bool:
+            return spans.force_flush(timeout_millis)
+
+    tracer_provider.add_span_processor(BatchSpanProcessor(Counting()))
+    trace.set_tracer_provider(tracer_provider)
+    if trace.get_tracer_provider() is not tracer_provider:
+        tracer_provider.shutdown()
+        raise RuntimeError("a global tracer provider is already set in this process")
+    if meter_provider is not None:
+        metrics.set_meter_provider(meter_provider)
+        if metrics.get_meter_provider() is meter_provider:
+            otlp.meter_provider = meter_provider
+        else:  # keep the application's; no metrics from the demo
+            meter_provider.shutdown()
+            otlp.metrics_url = None
+    return otlp
 
 
 # --- the table ------------------------------------------------------------------------------
@@ -538,7 +696,7 @@ def _policy_call(fields: Mapping[str, Any], width: int, indent: str) -> list[str
     return lines
 
 
-def _header(out: TextIO, style: _Style, bounds: _Bounds) -> None:
+def _header(out: TextIO, style: _Style, bounds: _Bounds, otlp: _Otlp | None = None) -> None:
     import anthropic
 
     read = f"{bounds.plain_read:g}"
@@ -557,8 +715,10 @@ def _header(out: TextIO, style: _Style, bounds: _Bounds) -> None:
         "  call     client.messages.create(..., stream=True), every event read (unless noted)",
         f"  versions anthropic {anthropic.__version__}, sdkguard {__version__}, "
         f"Python {sys.version.split()[0]}",
-        "",
     ]
+    if otlp is not None:
+        lines.append(f"  traces   the guarded calls, OTLP/HTTP to {otlp.traces_url}")
+    lines.append("")
     out.write("\n".join(lines) + "\n")
     titles = (
         _pad("fault (first attempt only)", _FAULT_WIDTH)
@@ -599,31 +759,55 @@ def _demo(args: argparse.Namespace) -> int:
     bounds = _FAST if args.fast else _NORMAL
     wanted = {name for names in args.only for name in names}
     rows = [row for row in _ROWS if not wanted or row.name in wanted]
+    otlp: _Otlp | None = None
+    if args.otlp:
+        try:
+            otlp = _start_otlp(args.otlp)
+        except _OtlpMissing as err:
+            print(
+                f"sdkguard demo: --otlp needs the package {err}; install it with "
+                f"pip install {_OTLP_PACKAGE} opentelemetry-sdk, or pip install 'sdkguard[otel]'",
+                file=sys.stderr,
+            )
+            return 2
+        except RuntimeError as err:
+            print(f"sdkguard demo: --otlp: {err}", file=sys.stderr)
+            return 2
     out = sys.stdout
     style = _Style(out)
-    _header(out, style, bounds)
+    _header(out, style, bounds, otlp)
     started = time.monotonic()
     unexpected: list[str] = []
     totals = {"plain": 0.0, "guarded": 0.0}
-    with _installed(bounds.policy):
-        for number, row in enumerate(_ROWS, 1):
-            if row not in rows:
-                continue
-            if style.tty:
-                out.write(f"  ... {row.title}\r")
-                out.flush()
-            plain = _run_side(row, bounds, False, faults.DEFAULT_TEXT)
-            guarded = _run_side(row, bounds, True, faults.DEFAULT_TEXT)
-            totals["plain"] += plain.seconds
-            totals["guarded"] += guarded.seconds
-            as_expected = guarded.status == row.expect and guarded.tries == row.expect_tries
-            if not as_expected:
-                unexpected.append(row.name)
-            if style.tty:
-                out.write("\r\033[K")
-            _print_row(out, style, number, row, bounds, plain, guarded, as_expected)
+    exported = ""
+    elapsed = 0.0
+    try:
+        with _installed(bounds.policy):
+            for number, row in enumerate(_ROWS, 1):
+                if row not in rows:
+                    continue
+                if style.tty:
+                    out.write(f"  ... {row.title}\r")
+                    out.flush()
+                plain = _run_side(
+                    row, bounds, False, faults.DEFAULT_TEXT, untraced_plain=otlp is not None
+                )
+                guarded = _run_side(row, bounds, True, faults.DEFAULT_TEXT)
+                totals["plain"] += plain.seconds
+                totals["guarded"] += guarded.seconds
+                as_expected = guarded.status == row.expect and guarded.tries == row.expect_tries
+                if not as_expected:
+                    unexpected.append(row.name)
+                if style.tty:
+                    out.write("\r\033[K")
+                _print_row(out, style, number, row, bounds, plain, guarded, as_expected)
+    finally:
+        elapsed = time.monotonic() - started
+        if otlp is not None:
+            exported = otlp.finish()
     _footer(out, bounds)
-    elapsed = time.monotonic() - started
+    if otlp is not None:
+        out.write("\n" + style.paint(exported, "1;31" if otlp.failed else "2") + "\n")
     good = len(rows) - len(unexpected)
     summary = (
         f"{good} of {len(rows)} guarded calls ended as expected "
@@ -634,4 +818,4 @@ def _demo(args: argparse.Namespace) -> int:
         summary += "; unexpected: " + ", ".join(unexpected)
     out.write("\n" + style.paint(summary, "1;32" if not unexpected else "1;31") + "\n")
     out.flush()
-    return 1 if unexpected else 0
+    return 1 if unexpected or (otlp is not None and otlp.failed) else 0

@@ -296,6 +296,57 @@ def watch_progress(stream: Any, limit: float) -> None:
     stream._decoder = _ProgressWatch(stream._decoder, limit)
 
 
+class HeldEnd:
+    """Stands between an attempt's response body and the SDK's span observer (1.14+).
+
+    The SDK ends its call span when a body ends. While sdkguard may still restart the stream,
+    how an attempt's body ended is held back: an abandoned attempt's end is dropped, so the
+    call span lives on through the restart and ends with the attempt that finishes the call.
+    """
+
+    __slots__ = ("_inner", "_mode", "_pending")
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._mode = "hold"
+        self._pending: tuple[Any, BaseException | None] | None = None
+
+    def begin(self) -> None:
+        self._inner.begin()
+
+    def item(self, item: object, /) -> None:
+        self._inner.item(item)
+
+    def end(self, how: Any, error: BaseException | None = None) -> None:
+        if self._mode == "pass":
+            self._inner.end(how, error)
+        elif self._mode == "hold" and self._pending is None:
+            self._pending = (how, error)
+
+    def release(self) -> None:
+        """This attempt finishes the call: report how its body ended, and all that follows."""
+        if self._mode == "hold":
+            self._mode = "pass"
+            if self._pending is not None:
+                self._inner.end(*self._pending)
+
+    def drop(self) -> None:
+        """This attempt was abandoned for another: nothing of its end reaches the span."""
+        self._mode = "drop"
+        self._pending = None
+
+
+def hold_stream_end(response: Any) -> HeldEnd | None:
+    """Put a `HeldEnd` before the SDK's observer of `response`'s body, if it has one."""
+    body: Any = getattr(response, "stream", None)
+    observer = getattr(body, "stream_observer", None)
+    if body is None or observer is None:
+        return None
+    held = HeldEnd(observer)
+    body.stream_observer = held
+    return held
+
+
 def reset_message_stream(helper: Any) -> None:
     """Forget what a `MessageStream` accumulated, so a restarted stream builds a fresh message.
 

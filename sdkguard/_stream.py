@@ -138,7 +138,16 @@ def _rebuild_block(block: Any, text: str, extra: dict[str, Any] | None) -> Any:
 class _Guard:
     """What the sync and async guards share: the call, the outward stream, the delivery."""
 
-    __slots__ = ("call", "closed", "delivery", "inner", "outer", "restart_hook", "send")
+    __slots__ = (
+        "call",
+        "closed",
+        "delivery",
+        "held_end",
+        "inner",
+        "outer",
+        "restart_hook",
+        "send",
+    )
 
     def __init__(self, call: GuardedCall, outer: Any, send: Callable[[Any], Any]) -> None:
         self.call = call
@@ -153,6 +162,7 @@ class _Guard:
         self.inner: Any = None
         self.closed = False
         """The caller closed the stream: whatever reading it raises now is not retried."""
+        self.held_end: _sdk.HeldEnd | None = None
 
     def prime(self, attempt_stream: Any) -> None:
         """Prepare a new attempt's stream: body limits, progress watch, its event iterator."""
@@ -163,6 +173,9 @@ class _Guard:
         if call.telemetry is not None:
             response = attempt_stream.response
             call.telemetry.response(response.headers, response.status_code)
+        if self.held_end is not None:  # the attempt this one replaces
+            self.held_end.drop()
+        self.held_end = _sdk.hold_stream_end(attempt_stream.response)
         outer = self.outer()
         if outer is not None:  # `stream.response` follows the attempt
             outer.response = attempt_stream.response
@@ -185,6 +198,8 @@ class _Guard:
 
     def ended(self) -> None:
         """The stream ended however it ended (closed, broken off): the call's spans end too."""
+        if self.held_end is not None:
+            self.held_end.release()
         if self.call.telemetry is not None:
             self.call.telemetry.finished(self.delivery.partial_message())
 
