@@ -61,6 +61,7 @@ import anthropic
 from anthropic import _base_client
 
 import sdkguard
+from sdkguard._sdk import request_method
 
 HERE = Path(__file__).resolve().parent
 PLAIN, GUARDED, DISABLED = "plain", "guarded", "disabled"
@@ -80,10 +81,14 @@ MEMORY_BODY_DELAY = 0.02
 
 if sdkguard.is_installed():
     sdkguard.uninstall()
-# The SDK's own `request`, captured before anything is installed: `plain` runs must see it.
-_SDK_REQUEST = vars(_base_client.SyncAPIClient)["request"]
+# The SDK method sdkguard patches (`_request` from 1.14, `request` before), captured before
+# anything is installed: `plain` runs must see it.
+_PATCHED_METHOD = request_method(_base_client.SyncAPIClient)
+_SDK_REQUEST = vars(_base_client.SyncAPIClient)[_PATCHED_METHOD]
 if hasattr(_SDK_REQUEST, "__wrapped__"):
-    raise RuntimeError("SyncAPIClient.request is already wrapped: cannot measure the plain SDK")
+    raise RuntimeError(
+        f"SyncAPIClient.{_PATCHED_METHOD} is already wrapped: cannot measure the plain SDK"
+    )
 
 # Goals (guarded vs plain) and what counts as negligible for `disabled` vs plain.
 GOAL_STREAM_RATIO = 1.02
@@ -194,7 +199,7 @@ def make_client(url: str) -> anthropic.Anthropic:
 
 
 def sdk_request_is_plain() -> bool:
-    return vars(_base_client.SyncAPIClient)["request"] is _SDK_REQUEST
+    return vars(_base_client.SyncAPIClient)[_PATCHED_METHOD] is _SDK_REQUEST
 
 
 @contextmanager
@@ -208,7 +213,7 @@ def variant(name: str, policy: sdkguard.Policy) -> Iterator[None]:
         return
     sdkguard.install(policy)
     if sdk_request_is_plain():
-        raise RuntimeError("install() did not patch SyncAPIClient.request")
+        raise RuntimeError(f"install() did not patch SyncAPIClient.{_PATCHED_METHOD}")
     if name == DISABLED:
         with sdkguard.policy(enabled=False):
             yield
