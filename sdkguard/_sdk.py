@@ -297,29 +297,38 @@ def watch_progress(stream: Any, limit: float) -> None:
 
 
 class HeldEnd:
-    """Stands between an attempt's response body and the SDK's span observer (1.14+).
+    """Holds back how an attempt's response body ended from the SDK's span observer (1.14+).
 
     The SDK ends its call span when a body ends. While sdkguard may still restart the stream,
     how an attempt's body ended is held back: an abandoned attempt's end is dropped, so the
     call span lives on through the restart and ends with the attempt that finishes the call.
+
+    The observer's own `begin` and `end` are replaced on the instance rather than the observer
+    wrapped: the SDK recognises its observer by type (`share_message_snapshot` of the stream
+    helpers looks for its `FirstEnd`), so it must stay in place.
     """
 
-    __slots__ = ("_inner", "_mode", "_pending")
+    __slots__ = ("_begin", "_begun", "_end", "_mode", "_pending", "observer")
 
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
+    def __init__(self, observer: Any) -> None:
+        self.observer = observer
+        self._begin = observer.begin
+        self._end = observer.end
+        self._begun = False
         self._mode = "hold"
         self._pending: tuple[Any, BaseException | None] | None = None
+        observer.begin = self.begin
+        observer.end = self.end
 
     def begin(self) -> None:
-        self._inner.begin()
-
-    def item(self, item: object, /) -> None:
-        self._inner.item(item)
+        self._begun = True
+        self._begin()
 
     def end(self, how: Any, error: BaseException | None = None) -> None:
-        if self._mode == "pass":
-            self._inner.end(how, error)
+        if self._mode == "pass" or not self._begun:
+            # Not begun: the SDK never parsed this body (the application read the bytes
+            # itself, or dropped the stream unread), so no restart can replace it.
+            self._end(how, error)
         elif self._mode == "hold" and self._pending is None:
             self._pending = (how, error)
 
@@ -328,7 +337,7 @@ class HeldEnd:
         if self._mode == "hold":
             self._mode = "pass"
             if self._pending is not None:
-                self._inner.end(*self._pending)
+                self._end(*self._pending)
 
     def drop(self) -> None:
         """This attempt was abandoned for another: nothing of its end reaches the span."""
@@ -336,15 +345,24 @@ class HeldEnd:
         self._pending = None
 
 
-def hold_stream_end(response: Any) -> HeldEnd | None:
-    """Put a `HeldEnd` before the SDK's observer of `response`'s body, if it has one."""
-    body: Any = getattr(response, "stream", None)
-    observer = getattr(body, "stream_observer", None)
-    if body is None or observer is None:
+def hold_stream_end(response: Any, replacing: HeldEnd | None) -> HeldEnd | None:
+    """Hold back the SDK's observer of `response`'s body, if it has one.
+
+    `replacing` is the held end of the attempt this one replaces: it is dropped, and the
+    message snapshot that a stream helper shared with its observer (the span's output content,
+    `share_message_snapshot`) is shared with the new observer, as the helper reads on.
+    """
+    if replacing is not None:
+        replacing.drop()
+    observer = getattr(getattr(response, "stream", None), "stream_observer", None)
+    if observer is None:
         return None
-    held = HeldEnd(observer)
-    body.stream_observer = held
-    return held
+    if replacing is not None:
+        shared = getattr(getattr(replacing.observer, "inner", None), "_shared_snapshot", None)
+        recorder = getattr(observer, "inner", None)
+        if shared is not None and hasattr(recorder, "share_snapshot"):
+            recorder.share_snapshot(shared)
+    return HeldEnd(observer)
 
 
 def reset_message_stream(helper: Any) -> None:

@@ -173,9 +173,7 @@ class _Guard:
         if call.telemetry is not None:
             response = attempt_stream.response
             call.telemetry.response(response.headers, response.status_code)
-        if self.held_end is not None:  # the attempt this one replaces
-            self.held_end.drop()
-        self.held_end = _sdk.hold_stream_end(attempt_stream.response)
+        self.held_end = _sdk.hold_stream_end(attempt_stream.response, replacing=self.held_end)
         outer = self.outer()
         if outer is not None:  # `stream.response` follows the attempt
             outer.response = attempt_stream.response

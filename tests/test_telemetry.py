@@ -257,3 +257,63 @@ def test_telemetry_that_fails_never_breaks_a_call(server: FakeAnthropic, otel: R
         types = [event.type for event in s]
     assert types[0] == "message_start" and types[-1] == "message_stop"
     assert len(server.requests) == 2
+
+
+def _sdk_traced_client(
+    server: FakeAnthropic, otel: Recorded, monkeypatch: pytest.MonkeyPatch, **traces: Any
+) -> anthropic.Anthropic:
+    """A client with the installed SDK's own tracing on (skipped where the SDK has none)."""
+    pytest.importorskip("anthropic._tracing")
+    monkeypatch.undo()  # the installed SDK as it is, with its own tracing
+    option: dict[str, Any] = {"tracer_provider": otel.tracer_provider}
+    if traces:
+        option["traces"] = traces
+    return anthropic.Anthropic(base_url=server.url, api_key=API_KEY, open_telemetry=option)
+
+
+def _sdk_call_span(otel: Recorded) -> ReadableSpan:
+    (span,) = [s for s in otel.spans() if s.instrumentation_scope.name != "sdkguard"]  # type: ignore[union-attr]
+    return span
+
+
+@pytest.mark.parametrize("read", ["events", "final_message"])
+def test_the_sdks_span_of_a_restarted_stream_helper_keeps_its_output_content(
+    server: FakeAnthropic, otel: Recorded, monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    # The helper shares its message snapshot with the first attempt's span observer; the
+    # attempt that replaces it must report the same snapshot, or the span loses its output.
+    server.script(faults.reset_after(2), faults.ok(faults.text("the answer")))
+    client = _sdk_traced_client(server, otel, monkeypatch, content_mode="content")
+    with client, client.messages.stream(**MESSAGE_ARGS) as helper:
+        if read == "events":
+            for _ in helper:
+                pass
+        text = helper.get_final_text()
+    assert text == "the answer" and len(server.requests) == 2
+    attributes = dict(_sdk_call_span(otel).attributes or {})
+    assert attributes["sdkguard.attempts"] == 2
+    assert "the answer" in str(attributes["gen_ai.output.messages"])
+
+
+def test_the_sdks_span_of_a_guarded_stream_dropped_unread_ends(
+    server: FakeAnthropic, otel: Recorded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = _sdk_traced_client(server, otel, monkeypatch)
+    with client:
+        stream = client.messages.create(**MESSAGE_ARGS, stream=True)
+        assert otel.spans() == []
+        del stream
+        gc.collect()
+        span = _sdk_call_span(otel)
+    assert span.status.status_code == trace.StatusCode.UNSET
+
+
+def test_the_sdks_span_of_a_stream_whose_bytes_the_application_reads_ends(
+    server: FakeAnthropic, otel: Recorded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = _sdk_traced_client(server, otel, monkeypatch)
+    with client:
+        stream = client.messages.create(**MESSAGE_ARGS, stream=True)
+        assert b"message_stop" in b"".join(stream.response.iter_bytes())
+        span = _sdk_call_span(otel)
+    assert span.status.status_code == trace.StatusCode.OK
