@@ -359,9 +359,9 @@ def hold_stream_end(response: Any, replacing: HeldEnd | None) -> HeldEnd | None:
         return None
     if replacing is not None:
         shared = getattr(getattr(replacing.observer, "inner", None), "_shared_snapshot", None)
-        recorder = getattr(observer, "inner", None)
-        if shared is not None and hasattr(recorder, "share_snapshot"):
-            recorder.share_snapshot(shared)
+        share = getattr(getattr(observer, "inner", None), "share_snapshot", None)
+        if shared is not None and share is not None:
+            share(shared)
     return HeldEnd(observer)
 
 
