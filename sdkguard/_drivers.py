@@ -11,9 +11,9 @@ from typing import Any
 from sdkguard._call import GuardedCall, open_async, open_sync
 from sdkguard._policy import Policy
 from sdkguard._sdk import is_guarded_request
-from sdkguard._stream import adopt_async, adopt_sync
+from sdkguard._stream import adopt_async, adopt_sync, guard_of
 
-__all__ = ["is_guarded_request", "request_async", "request_sync"]
+__all__ = ["guard_of", "is_guarded_request", "request_async", "request_sync"]
 
 
 def _bind(

@@ -171,7 +171,7 @@ def _stream_close(
     wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     # The caller closes the stream: what reading it raises from now on is not a failure.
-    guard = instance.__dict__.get("_sdkguard")
+    guard = _drivers.guard_of(instance)
     if guard is not None:
         guard.closed = True
         guard.ended()
@@ -180,7 +180,8 @@ def _stream_close(
 
 def _restartable_guard(helper: Any) -> Any:
     """The guard of a stream helper's raw stream, if nothing has reached the user yet."""
-    guard = getattr(getattr(helper, "_raw_stream", None), "_sdkguard", None)
+    raw_stream = getattr(helper, "_raw_stream", None)
+    guard = None if raw_stream is None else _drivers.guard_of(raw_stream)
     if guard is None or guard.delivery.committed or guard.restart_hook is not None:
         return None
     return guard

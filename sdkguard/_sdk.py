@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anthropic
-from anthropic import _base_client
+from anthropic import _base_client, _models
 
 __all__ = [
     "MESSAGE_PATHS",
@@ -65,17 +66,25 @@ def is_guarded_request(options: Any) -> bool:
 def call_name(cast_to: Any, options: Any) -> str:
     """The SDK method behind a request, for log lines: `beta.messages.stream`, ..."""
     # Beta calls parse into Beta* types; the URL does not always say `?beta=true`.
-    prefix = (
-        "beta.messages." if getattr(cast_to, "__name__", "").startswith("Beta") else "messages."
-    )
+    beta = getattr(cast_to, "__name__", "").startswith("Beta")
     url: str = options.url
     if url.split("?", 1)[0].endswith("/count_tokens"):
-        return prefix + "count_tokens"
-    headers = options.headers if isinstance(options.headers, dict) else {}
-    for key, value in headers.items():
-        if key.lower() == _HELPER_METHOD_HEADER and value == "stream":
-            return prefix + "stream"
-    return prefix + "create"
+        method = "count_tokens"
+    else:
+        method = "create"
+        headers = options.headers if isinstance(options.headers, dict) else {}
+        for key, value in headers.items():
+            if key.lower() == _HELPER_METHOD_HEADER and value == "stream":
+                method = "stream"
+    return _CALL_NAMES[beta, method]
+
+
+# Made once: a guarded stream keeps its call's name for as long as it lives.
+_CALL_NAMES = {
+    (beta, method): f"{'beta.' if beta else ''}messages.{method}"
+    for beta in (False, True)
+    for method in ("create", "stream", "count_tokens")
+}
 
 
 def explicit_max_retries(client: Any, options: Any) -> int | None:
@@ -101,6 +110,33 @@ def copy_model(model: Any, update: dict[str, Any]) -> Any:
     if hasattr(model, "model_copy"):
         return model.model_copy(update=update)
     return model.copy(update=update)  # pragma: no cover - pydantic 1
+
+
+Frozen = tuple[type, str]
+"""An SDK model kept as its class and its JSON: see `freeze`."""
+
+
+def freeze(model: Any) -> Frozen:
+    """A compact copy of an SDK model: its class and its JSON text (pydantic 2, or 1)."""
+    if hasattr(model, "model_dump_json"):
+        return type(model), model.model_dump_json()
+    return type(model), model.json()  # pragma: no cover - pydantic 1
+
+
+def thaw(frozen: Frozen) -> tuple[type, dict[str, Any]]:
+    """The class and the data of a frozen model, the data as plain JSON values."""
+    model_class, data = frozen
+    return model_class, json.loads(data)
+
+
+def plain(model: Any) -> Any:
+    """An SDK model as plain JSON values."""
+    return model.to_dict() if hasattr(model, "to_dict") else model
+
+
+def construct(model_class: type, data: dict[str, Any]) -> Any:
+    """An SDK model built from plain data as the SDK builds a response (no validation)."""
+    return _models.construct_type(type_=model_class, value=data)
 
 
 def attempt_options(options: Any, retries_taken: int, timeout: Any, key: str | None) -> Any:
@@ -159,7 +195,15 @@ def effective_timeout(client: Any, options: Any) -> Any:
     value = options.timeout
     if isinstance(value, anthropic.NotGiven):
         value = client.timeout
-    return value if isinstance(value, http.Timeout) else http.Timeout(value)
+    if isinstance(value, http.Timeout):
+        return value
+    return _timeout_of(value) if value is None or isinstance(value, float) else http.Timeout(value)
+
+
+@functools.lru_cache(maxsize=16)
+def _timeout_of(seconds: float | None) -> Any:
+    # A client's float timeout, as the one shared (immutable) `Timeout` its calls start from.
+    return http.Timeout(seconds)
 
 
 @functools.lru_cache(maxsize=64)
@@ -181,8 +225,8 @@ def set_body_read_timeout(response: Any, read: float | None) -> None:
     except RuntimeError:  # a response made from bytes (by middleware) has no request
         return
     timeouts = request.extensions.get("timeout")
-    if timeouts is not None:
-        request.extensions["timeout"] = {**timeouts, "read": read}
+    if timeouts is not None:  # the request's own dict, made for it when it was built
+        timeouts["read"] = read
 
 
 def request_of(err: BaseException) -> Any:
@@ -236,10 +280,11 @@ def take_iterator(stream: Any, replacement: Any) -> Any:
     """Return the stream's own event iterator and put `replacement` in its place.
 
     Up to 1.x `Stream.__init__` builds `_iterator`; from 2.0 it is a cached property built on
-    first use. Reading it and then writing the instance attribute works for both.
+    first use. Reading it and then setting the attribute works for both (a cached property
+    does not define `__set__`); setting it keeps the instance's compact attribute storage.
     """
     own = stream._iterator
-    stream.__dict__["_iterator"] = replacement
+    stream._iterator = replacement
     return own
 
 

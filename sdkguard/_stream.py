@@ -20,7 +20,7 @@ import anyio
 from sdkguard import _sdk
 from sdkguard._call import GuardedCall, Step, open_async, open_sync
 
-__all__ = ["Delivery", "adopt_async", "adopt_sync"]
+__all__ = ["Delivery", "GuardedEvents", "adopt_async", "adopt_sync", "guard_of"]
 
 # The first of these to arrive is the commit point: content has reached the consumer.
 COMMIT_EVENTS = frozenset(
@@ -38,10 +38,12 @@ class Delivery:
     """What one attempt has delivered: held-back events, then content fragments (as strings).
 
     Strings, not event objects: keeping every event costs a third of a stream's throughput
-    in garbage collection, and `partial_message` is only needed when a stream breaks.
+    in garbage collection, and `partial_message` is only needed when a stream breaks. The
+    message and its blocks are kept as their JSON too, a few hundred bytes where the parsed
+    objects take kilobytes for the whole life of the stream.
     """
 
-    __slots__ = ("blocks", "committed", "complete", "extras", "held", "message_delta", "parts")
+    __slots__ = ("blocks", "committed", "complete", "extras", "held", "message", "stop")
 
     def __init__(self) -> None:
         self.reset()
@@ -52,10 +54,12 @@ class Delivery:
         # a body that then ends without `message_stop` has lost nothing.
         self.complete = False
         self.held: list[Any] = []
-        self.blocks: dict[int, Any] = {}
-        self.parts: dict[int, list[str]] = {}
-        self.extras: dict[int, dict[str, Any]] = {}
-        self.message_delta: Any = None
+        self.message: _sdk.Frozen | None = None
+        self.blocks: dict[int, list[Any]] = {}
+        """By index: the block as it started (frozen), then the text of each delta."""
+        self.extras: dict[int, dict[str, Any]] | None = None
+        self.stop: tuple[Any, Any, Any] | None = None
+        """`message_delta`'s stop reason, stop sequence and output tokens."""
 
     def hold(self, event: Any) -> list[Any] | None:
         """Before the commit point: keep `event`, or return every event to release now."""
@@ -63,10 +67,10 @@ class Delivery:
         if event.type not in COMMIT_EVENTS:
             return None
         self.committed = True
-        released, self.held = self.held, []
-        for item in released:
+        # The list itself is released: the drivers pop the events from it as they deliver them.
+        for item in self.held:
             self.add(item)
-        return released
+        return self.held
 
     def add(self, event: Any) -> None:
         """Record a delivered event (after the commit point)."""
@@ -75,64 +79,65 @@ class Delivery:
             delta = event.delta
             field = _DELTA_TEXT.get(delta.type)
             if field is not None:
-                self.parts[event.index].append(getattr(delta, field))
+                self.blocks[event.index].append(getattr(delta, field))
             else:  # signature_delta, citations_delta: rare, kept by field
+                if self.extras is None:
+                    self.extras = {}
                 extra = self.extras.setdefault(event.index, {})
                 if delta.type == "signature_delta":
                     extra["signature"] = delta.signature
                 elif delta.type == "citations_delta":
-                    extra.setdefault("citations", []).append(delta.citation)
+                    extra.setdefault("citations", []).append(_sdk.plain(delta.citation))
         elif kind == "content_block_start":
-            self.blocks[event.index] = event.content_block
-            self.parts[event.index] = []
+            self.blocks[event.index] = [_sdk.freeze(event.content_block)]
         elif kind == "message_start":
-            self.blocks = {-1: event.message}
+            self.message = _sdk.freeze(event.message)
         elif kind == "message_delta":
-            self.message_delta = event
+            usage = getattr(event, "usage", None)
+            output_tokens = None if usage is None else usage.output_tokens
+            self.stop = (event.delta.stop_reason, event.delta.stop_sequence, output_tokens)
             self.complete = True
         elif kind == "message_stop":
             self.complete = True
 
     def partial_message(self) -> Any:
         """The message as far as it was delivered, of the SDK's own message class."""
-        message = self.blocks.get(-1)
-        if message is None:
+        if self.message is None:
             return None
-        content = [
-            _rebuild_block(block, "".join(self.parts.get(index, ())), self.extras.get(index))
+        message_class, message = _sdk.thaw(self.message)
+        extras = self.extras or {}
+        message["content"] = [
+            _rebuild_block(_sdk.thaw(block[0])[1], "".join(block[1:]), extras.get(index))
             for index, block in sorted(self.blocks.items())
-            if index >= 0
         ]
-        update: dict[str, Any] = {"content": content}
-        if self.message_delta is not None:
-            delta = self.message_delta.delta
-            update["stop_reason"] = delta.stop_reason
-            update["stop_sequence"] = delta.stop_sequence
-            usage = getattr(self.message_delta, "usage", None)
-            if usage is not None and message.usage is not None:
-                update["usage"] = _sdk.copy_model(
-                    message.usage, {"output_tokens": usage.output_tokens}
-                )
-        return _sdk.copy_model(message, update)
+        if self.stop is not None:
+            message["stop_reason"], message["stop_sequence"], output_tokens = self.stop
+            usage = message.get("usage")
+            if output_tokens is not None and isinstance(usage, dict):
+                usage["output_tokens"] = output_tokens
+        return _sdk.construct(message_class, message)
 
 
-def _rebuild_block(block: Any, text: str, extra: dict[str, Any] | None) -> Any:
-    update: dict[str, Any] = dict(extra or {})
-    kind = getattr(block, "type", None)
+def _rebuild_block(block: dict[str, Any], text: str, extra: dict[str, Any] | None) -> Any:
+    """A content block as far as it was delivered, from its start and its deltas."""
+    citations = extra.get("citations") if extra else None
+    if extra:
+        block.update(extra)
+    kind = block.get("type")
     if kind == "text":
-        update["text"] = block.text + text
-        if "citations" in update:
-            update["citations"] = [*(block.citations or ()), *update["citations"]]
+        block["text"] = (block.get("text") or "") + text
+        if citations:
+            block["citations"] = [*(block.get("citations") or ()), *citations]
     elif kind == "thinking":
-        update["thinking"] = block.thinking + text
-    elif text and hasattr(block, "input"):  # tool_use, server_tool_use, mcp_tool_use ...
+        block["thinking"] = (block.get("thinking") or "") + text
+    elif text and "input" in block:  # tool_use, server_tool_use, mcp_tool_use ...
         import jiter
 
         try:
-            update["input"] = jiter.from_json(text.encode(), partial_mode="trailing-strings")
+            block["input"] = jiter.from_json(text.encode(), partial_mode="trailing-strings")
         except ValueError:
-            update["input"] = {}
-    return _sdk.copy_model(block, update) if update else block
+            block["input"] = {}
+    return block
 
 
 class _Guard:
@@ -153,7 +158,7 @@ class _Guard:
         self.call = call
         # Weak: the stream holds the guard's generator, and a cycle back to the stream would
         # leave closing a dropped stream to the garbage collector instead of reference counting.
-        self.outer = weakref.ref(outer)
+        self.outer: weakref.ref[Any] | None = weakref.ref(outer)
         self.send: Callable[[Any], Any] | None = send
         self.delivery = Delivery()
         self.restart_hook: Callable[[], None] | None = None
@@ -174,7 +179,7 @@ class _Guard:
             response = attempt_stream.response
             call.telemetry.response(response.headers, response.status_code)
         self.held_end = _sdk.hold_stream_end(attempt_stream.response, replacing=self.held_end)
-        outer = self.outer()
+        outer = None if self.outer is None else self.outer()
         if outer is not None:  # `stream.response` follows the attempt
             outer.response = attempt_stream.response
         self.delivery.reset()
@@ -188,6 +193,7 @@ class _Guard:
             self.call.telemetry.first_chunk()
         if self.restart_hook is None:
             self.send = None
+            self.outer = None
             self.call.settle()
 
     def final_message(self) -> Any:
@@ -232,14 +238,16 @@ class _SyncGuard(_Guard):
                                 break
                         if released is None:
                             raise _sdk.IncompleteStream
+                        event = None  # the consumer alone owns the events released now
                         self.settle()
-                        yield from released
-                        released = None  # the consumer owns them now
-                    parts, add = delivery.parts, delivery.add
+                        released.reverse()
+                        while released:
+                            yield released.pop()
+                    blocks, add = delivery.blocks, delivery.add
                     for event in inner:
                         # Text deltas are nearly every event: record them inline.
                         if event.type == "content_block_delta" and event.delta.type == "text_delta":
-                            parts[event.index].append(event.delta.text)
+                            blocks[event.index].append(event.delta.text)
                         else:
                             add(event)
                         yield event
@@ -291,15 +299,16 @@ class _AsyncGuard(_Guard):
                                 break
                         if released is None:
                             raise _sdk.IncompleteStream
+                        event = None  # the consumer alone owns the events released now
                         self.settle()
-                        for item in released:
-                            yield item
-                        released = None  # the consumer owns them now
-                    parts, add = delivery.parts, delivery.add
+                        released.reverse()
+                        while released:
+                            yield released.pop()
+                    blocks, add = delivery.blocks, delivery.add
                     async for event in inner:
                         # Text deltas are nearly every event: record them inline.
                         if event.type == "content_block_delta" and event.delta.type == "text_delta":
-                            parts[event.index].append(event.delta.text)
+                            blocks[event.index].append(event.delta.text)
                         else:
                             add(event)
                         yield event
@@ -335,8 +344,55 @@ class _AsyncGuard(_Guard):
         self.inner = _sdk.own_iterator(attempt_stream)
 
 
+class GuardedEvents:
+    """What a guarded stream iterates: its guard's event generator, with the guard beside it.
+
+    `for` loops get the generator itself, so iterating adds no layer; the guard is found here
+    (`guard_of`) rather than in an attribute of its own, which would grow every stream's
+    `__dict__`. The guard does not refer back to this object: no reference cycle.
+    """
+
+    __slots__ = ("events", "guard")
+
+    def __init__(self, guard: _Guard, events: Any) -> None:
+        self.guard = guard
+        self.events = events
+
+    def __iter__(self) -> Any:
+        return self.events
+
+    def __next__(self) -> Any:
+        return next(self.events)
+
+    def __aiter__(self) -> Any:
+        return self.events
+
+    def __anext__(self) -> Any:
+        return self.events.__anext__()
+
+
+def guard_of(stream: Any) -> _Guard | None:
+    """The guard of a stream sdkguard adopted, or None."""
+    events = vars(stream).get("_iterator")
+    return events.guard if isinstance(events, GuardedEvents) else None
+
+
 def adopt_sync(call: GuardedCall, result: Any, send: Callable[[Any], Any]) -> Any:
     """Guard the body of the stream the first attempt returned; return it to the caller."""
+    return _adopt(_SyncGuard, call, result, send)
+
+
+def adopt_async(call: GuardedCall, result: Any, send: Callable[[Any], Awaitable[Any]]) -> Any:
+    """`adopt_sync` for the async client."""
+    return _adopt(_AsyncGuard, call, result, send)
+
+
+def _adopt(
+    guard_class: type[_SyncGuard | _AsyncGuard],
+    call: GuardedCall,
+    result: Any,
+    send: Callable[[Any], Any],
+) -> Any:
     if not _sdk.is_event_stream(result):
         # A raw response (`with_raw_response`, `with_streaming_response`): the caller reads the
         # bytes itself, so only the opening was restartable; the idle limit still applies.
@@ -345,26 +401,10 @@ def adopt_sync(call: GuardedCall, result: Any, send: Callable[[Any], Any]) -> An
             _sdk.set_body_read_timeout(response, call.body_read_timeout())
         call.succeeded(result)
         return result
-    guard = _SyncGuard(call, result, send)
+    guard = guard_class(call, result, send)
     guard.prime(result)
-    guard.inner = _sdk.take_iterator(result, guard.events())
-    result._sdkguard = guard
-    _end_spans_when_dropped(result, call)
-    return result
-
-
-def adopt_async(call: GuardedCall, result: Any, send: Callable[[Any], Awaitable[Any]]) -> Any:
-    """`adopt_sync` for the async client."""
-    if not _sdk.is_event_stream(result):
-        response = _sdk.http_response_of(result)
-        if response is not None:
-            _sdk.set_body_read_timeout(response, call.body_read_timeout())
-        call.succeeded(result)
-        return result
-    guard = _AsyncGuard(call, result, send)
-    guard.prime(result)
-    guard.inner = _sdk.take_iterator(result, guard.events())
-    result._sdkguard = guard
+    events = guard.events()
+    guard.inner = _sdk.take_iterator(result, GuardedEvents(guard, events))
     _end_spans_when_dropped(result, call)
     return result
 
