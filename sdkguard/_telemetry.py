@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from sdkguard._version import __version__
@@ -102,8 +104,28 @@ def _no_op(provider: object) -> bool:
     )
 
 
+# The API looks an unset global provider up in `os.environ` on every call (a missed key
+# raises and catches KeyError: microseconds on every guarded call). Its module globals tell
+# the same at once. A provider named by these variables is loaded by the API's first look-up.
+_PROVIDERS_FROM_ENV = any(
+    name in os.environ for name in ("OTEL_PYTHON_TRACER_PROVIDER", "OTEL_PYTHON_METER_PROVIDER")
+)
+_UNKNOWN = object()
+
+
+def _nothing_configured() -> bool:
+    """No global tracer or meter provider was set (an API without these globals: unknown)."""
+    return (
+        not _PROVIDERS_FROM_ENV
+        and getattr(trace, "_TRACER_PROVIDER", _UNKNOWN) is None
+        and getattr(_metrics_api, "_METER_PROVIDER", _UNKNOWN) is None
+    )
+
+
 def _current(tracer_provider: Any = None) -> _Instruments | None:
     global _instruments
+    if tracer_provider is None and _nothing_configured():
+        return None
     try:
         tracer_provider = tracer_provider or trace.get_tracer_provider()
         meter_provider = metrics.get_meter_provider()

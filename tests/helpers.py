@@ -115,3 +115,18 @@ def assert_one_clean_message(seen: Seen, sent: SentResponse) -> None:
         assert raw == [t for t, _ in sent.content_events()]
     if seen.message is not None:
         assert message_text(seen.message) == sent_message_text(sent)
+
+
+def use_global_providers(
+    monkeypatch: Any, tracer_provider: Any = None, meter_provider: Any = None
+) -> None:
+    """Make these the global OpenTelemetry providers for one test, as an application's
+    `set_tracer_provider()` / `set_meter_provider()` would (the API allows that once per
+    process, so the test sets the API's globals and the monkeypatch restores them)."""
+    from opentelemetry import trace
+    from opentelemetry.metrics import _internal as metrics_api
+
+    if tracer_provider is not None:
+        monkeypatch.setattr(trace, "_TRACER_PROVIDER", tracer_provider)
+    if meter_provider is not None:
+        monkeypatch.setattr(metrics_api, "_METER_PROVIDER", meter_provider)

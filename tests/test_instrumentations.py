@@ -27,7 +27,6 @@ from typing import Any
 
 import anthropic
 import pytest
-from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -38,7 +37,7 @@ from opentelemetry.trace import StatusCode
 import sdkguard
 from sdkguard import _sdk
 from sdkguard.testing import FakeAnthropic, faults
-from tests.helpers import API_KEY, MESSAGE_ARGS
+from tests.helpers import API_KEY, MESSAGE_ARGS, use_global_providers
 
 pytestmark = [pytest.mark.timeout(20), pytest.mark.usefixtures("guard")]
 
@@ -137,8 +136,7 @@ def instrumented(
     )
     recorded = Recorded(instrumentation)
     # The global providers, as an application sets them (the API sets them once per process).
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: recorded.tracer_provider)
-    monkeypatch.setattr(metrics, "get_meter_provider", lambda: recorded.meter_provider)
+    use_global_providers(monkeypatch, recorded.tracer_provider, recorded.meter_provider)
     instrumentor = module.AnthropicInstrumentor()
     instrumentor.instrument(
         tracer_provider=recorded.tracer_provider, meter_provider=recorded.meter_provider
@@ -292,7 +290,7 @@ def test_the_sdks_call_span_of_a_stream_restarted_after_its_headers(
     server: FakeAnthropic, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recorded = Recorded(INSTRUMENTATIONS["otel-genai"])  # no instrumentation is instrumented
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: recorded.tracer_provider)
+    use_global_providers(monkeypatch, recorded.tracer_provider)
     server.script(faults.reset_after(2), faults.ok())
     with _client(server) as client:
         types, _ = _read(client, "create_stream")

@@ -9,7 +9,7 @@ from typing import Any
 import anthropic
 import anyio
 import pytest
-from opentelemetry import metrics, trace
+from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import sdkguard
 from sdkguard import _sdk, _telemetry
 from sdkguard.testing import FakeAnthropic, faults
-from tests.helpers import API_KEY, MESSAGE_ARGS
+from tests.helpers import API_KEY, MESSAGE_ARGS, use_global_providers
 
 pytestmark = [pytest.mark.timeout(20), pytest.mark.usefixtures("guard")]
 
@@ -56,8 +56,7 @@ class Recorded:
 def otel(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorded]:
     recorded = Recorded()
     # The global providers, as an application sets them (the API allows setting them once).
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: recorded.tracer_provider)
-    monkeypatch.setattr(metrics, "get_meter_provider", lambda: recorded.meter_provider)
+    use_global_providers(monkeypatch, recorded.tracer_provider, recorded.meter_provider)
     # As on an SDK without tracing of its own (before 1.14): sdkguard's call span is the
     # logical-call span. `_client` turns the SDK's own spans off to match.
     monkeypatch.setattr(_sdk, "client_tracing", lambda client: (True, None))
@@ -80,7 +79,7 @@ def test_a_client_with_tracing_turned_off_gets_no_sdkguard_spans(
     server: FakeAnthropic, otel: Recorded, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.undo()  # the real switch of the installed SDK
-    monkeypatch.setattr(trace, "get_tracer_provider", lambda: otel.tracer_provider)
+    use_global_providers(monkeypatch, otel.tracer_provider)
     server.script(faults.status(529), faults.ok())
     with anthropic.Anthropic(base_url=server.url, api_key=API_KEY, open_telemetry=False) as c:
         c.messages.create(**MESSAGE_ARGS)
@@ -205,7 +204,7 @@ def test_with_the_sdks_own_tracing_one_root_and_usage_once(
 ) -> None:
     pytest.importorskip("anthropic._tracing")
     monkeypatch.undo()  # the installed SDK as it is, with its own tracing
-    monkeypatch.setattr(metrics, "get_meter_provider", lambda: otel.meter_provider)
+    use_global_providers(monkeypatch, meter_provider=otel.meter_provider)
     server.script(faults.reset_before_headers(), faults.ok())
     with anthropic.Anthropic(
         base_url=server.url,
