@@ -120,7 +120,7 @@ class GuardedCall:
                 sdk_call=sdk_call,
                 tracer_provider=tracer_provider,
             )
-            if traced
+            if traced and _telemetry.may_record(tracer_provider)
             else None
         )
 

@@ -122,9 +122,14 @@ def _nothing_configured() -> bool:
     )
 
 
+def may_record(tracer_provider: Any = None) -> bool:
+    """Whether a call could be recorded: a provider was named or configured. Cheap."""
+    return tracer_provider is not None or not _nothing_configured()
+
+
 def _current(tracer_provider: Any = None) -> _Instruments | None:
     global _instruments
-    if tracer_provider is None and _nothing_configured():
+    if not may_record(tracer_provider):
         return None
     try:
         tracer_provider = tracer_provider or trace.get_tracer_provider()
