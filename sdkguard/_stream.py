@@ -20,7 +20,7 @@ import anyio
 from sdkguard import _sdk
 from sdkguard._call import GuardedCall, Step, open_async, open_sync
 
-__all__ = ["Delivery", "adopt_async", "adopt_sync"]
+__all__ = ["Delivery", "adopt_async", "adopt_sync", "drain_async", "drain_sync"]
 
 # The first of these to arrive is the commit point: content has reached the consumer.
 COMMIT_EVENTS = frozenset(
@@ -82,6 +82,8 @@ class Delivery:
                     extra["signature"] = delta.signature
                 elif delta.type == "citations_delta":
                     extra.setdefault("citations", []).append(delta.citation)
+                else:  # compaction_delta, or a type newer than this code: kept whole
+                    extra.setdefault("other", []).append(delta)
         elif kind == "content_block_start":
             self.blocks[event.index] = event.content_block
             self.parts[event.index] = []
@@ -116,8 +118,29 @@ class Delivery:
         return _sdk.copy_model(message, update)
 
 
+def other_delta_fields(current: Callable[[str], Any], deltas: list[Any]) -> dict[str, Any]:
+    """What the deltas without a rule of their own change in their block, by field.
+
+    `compaction_delta` replaces the fields it carries, as the SDK's stream helper does; a
+    delta type newer than this code extends a string field and replaces anything else, as
+    every string delta the API has sent so far does.
+    """
+    update: dict[str, Any] = {}
+    for delta in deltas:
+        fields = _sdk.wire_dict(delta)
+        kind = fields.pop("type", None)
+        for key, value in fields.items():
+            before = update[key] if key in update else current(key)
+            extend = kind != "compaction_delta" and isinstance(before, str)
+            update[key] = before + value if extend and isinstance(value, str) else value
+    return update
+
+
 def _rebuild_block(block: Any, text: str, extra: dict[str, Any] | None) -> Any:
     update: dict[str, Any] = dict(extra or {})
+    others = update.pop("other", None)
+    if others:
+        update.update(other_delta_fields(lambda key: getattr(block, key, None), others))
     kind = getattr(block, "type", None)
     if kind == "text":
         update["text"] = block.text + text
@@ -367,6 +390,40 @@ def adopt_async(call: GuardedCall, result: Any, send: Callable[[Any], Awaitable[
     result._sdkguard = guard
     _end_spans_when_dropped(result, call)
     return result
+
+
+def drain_sync(call: GuardedCall, stream: Any, send: Callable[[Any], Any]) -> Delivery:
+    """Read `stream` to its end under a guard, for a caller that sees nothing until then.
+
+    Nothing of the message reaches anyone before it is complete, so every retryable failure,
+    at any point, restarts it. Returns what the attempt that finished the call delivered.
+    """
+    guard = _SyncGuard(call, stream, send)
+    guard.restart_hook = _nothing_delivered
+    guard.prime(stream)
+    # Read through the stream itself, as a caller would: the SDK's span observer sees it.
+    guard.inner = _sdk.take_iterator(stream, guard.events())
+    for _ in stream:
+        pass
+    return guard.delivery
+
+
+async def drain_async(
+    call: GuardedCall, stream: Any, send: Callable[[Any], Awaitable[Any]]
+) -> Delivery:
+    """`drain_sync` for the async client."""
+    guard = _AsyncGuard(call, stream, send)
+    guard.restart_hook = _nothing_delivered
+    guard.prime(stream)
+    guard.inner = _sdk.take_iterator(stream, guard.events())
+    async for _ in stream:
+        pass
+    return guard.delivery
+
+
+def _nothing_delivered() -> None:
+    # A drained stream's restart has nothing to forget: `prime` resets the delivery.
+    pass
 
 
 def _end_spans_when_dropped(stream: Any, call: GuardedCall) -> None:
