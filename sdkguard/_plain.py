@@ -39,12 +39,14 @@ class PlainAnswer:
 class PlainCall:
     """What a non-streaming call sent as a stream needs besides its `GuardedCall`."""
 
-    __slots__ = ("answer", "cast_to", "client", "options", "stream_cls")
+    __slots__ = ("answer", "cast_to", "client", "options", "plain_options", "stream_cls")
 
     def __init__(self, client: Any, cast_to: Any, options: Any, stream_cls: Any) -> None:
         self.client = client
         self.cast_to = cast_to
+        self.plain_options = options
         self.options = _sdk.as_stream_request(options)
+        """The request each attempt sends."""
         self.stream_cls = stream_cls
         self.answer: Any = None
         """The JSON answer of the latest attempt, when it was not an event stream."""
@@ -81,7 +83,7 @@ class PlainCall:
 
     def _parse(self, response: Any, *, retries_taken: int, body: bytes | None) -> Any:
         return _sdk.parse_answer(
-            self.client, self.cast_to, self.options, response, retries_taken, body
+            self.client, self.cast_to, self.plain_options, response, retries_taken, body
         )
 
 

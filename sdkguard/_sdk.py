@@ -438,8 +438,16 @@ def plain_call_stream_class(client: Any, cast_to: Any, options: Any, *, asynchro
 
 
 def as_stream_request(options: Any) -> Any:
-    """The options of a non-streaming call, asking for a stream."""
-    return copy_model(options, {"json_data": {**options.json_data, "stream": True}})
+    """The options of a non-streaming call, asking for a stream.
+
+    Without the call's `post_parser` (`parse()`'s): the SDK would apply it to the stream; it
+    is applied to the rebuilt message instead (`parse_answer` with the call's own options).
+    """
+    update = {
+        "json_data": {**options.json_data, "stream": True},
+        "post_parser": anthropic.NOT_GIVEN,
+    }
+    return copy_model(options, update)
 
 
 def is_sse(response: Any) -> bool:
