@@ -33,11 +33,15 @@ def _bind(
     return cast_to, options, stream, stream_cls, extra
 
 
-def _plain_call(client: Any, policy: Policy, cast_to: Any, options: Any, asynchronous: bool) -> Any:
+def _plain_call(
+    client: Any, policy: Policy, cast_to: Any, options: Any, extra: Any, asynchronous: bool
+) -> Any:
     """The non-streaming call to send as a stream, or None."""
     if not policy.stream_plain_calls:
         return None
-    stream_cls = _sdk.plain_call_stream_class(client, cast_to, options, asynchronous=asynchronous)
+    stream_cls = _sdk.plain_call_stream_class(
+        client, cast_to, options, extra.get("call"), asynchronous=asynchronous
+    )
     return None if stream_cls is None else PlainCall(client, cast_to, options, stream_cls)
 
 
@@ -47,7 +51,7 @@ def request_sync(
     """The guarded `SyncAPIClient._request` (`request` before the SDK had tracing)."""
     cast_to, options, stream, stream_cls, extra = _bind(*args, **kwargs)
     _sdk.apply_keepalive(client, policy.tcp_keepalive)
-    plain = None if stream else _plain_call(client, policy, cast_to, options, False)
+    plain = None if stream else _plain_call(client, policy, cast_to, options, extra, False)
     if plain is not None:
         return _plain_sync(wrapped, client, policy, plain, extra)
     call = GuardedCall(
@@ -99,7 +103,7 @@ async def request_async(
     """The guarded `AsyncAPIClient._request` (`request` before the SDK had tracing)."""
     cast_to, options, stream, stream_cls, extra = _bind(*args, **kwargs)
     _sdk.apply_keepalive(client, policy.tcp_keepalive)
-    plain = None if stream else _plain_call(client, policy, cast_to, options, True)
+    plain = None if stream else _plain_call(client, policy, cast_to, options, extra, True)
     if plain is not None:
         return await _plain_async(wrapped, client, policy, plain, extra)
     call = GuardedCall(

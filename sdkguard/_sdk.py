@@ -416,13 +416,19 @@ def _stream_classes(asynchronous: bool) -> dict[Any, Any]:
     }
 
 
-def plain_call_stream_class(client: Any, cast_to: Any, options: Any, *, asynchronous: bool) -> Any:
+def plain_call_stream_class(
+    client: Any, cast_to: Any, options: Any, sdk_call: Any, *, asynchronous: bool
+) -> Any:
     """The stream class to send this non-streaming call with, or None to send it as it is.
 
     Only a `create()` or `parse()` of the Messages API answering a `Message` or `BetaMessage`:
     not `count_tokens`, not a raw response (the caller asked for the HTTP answer itself), not
-    a platform whose streams go elsewhere.
+    a platform whose streams go elsewhere, not a client with middleware (0.108+: it would see,
+    and could answer, a stream request the caller never made), not a call the SDK's own
+    tracing records (1.14+: its span would describe a stream).
     """
+    if getattr(client, "_middleware", None) or getattr(sdk_call, "span", None) is not None:
+        return None
     url: str = options.url
     if url.split("?", 1)[0] != "/v1/messages":
         return None
