@@ -471,11 +471,7 @@ def parse_answer(
     validation come out exactly as the SDK makes them. A coroutine for an async client.
     """
     if body is not None:
-        headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _BODY_HEADERS]
-        headers.append(("content-type", "application/json"))
-        response = http.Response(
-            response.status_code, headers=headers, content=body, request=response.request
-        )
+        response = _json_answer(response, response.status_code, body)
     return client._process_response(
         cast_to=cast_to,
         options=options,
@@ -508,12 +504,15 @@ def plain_status_error(client: Any, err: Any) -> Any:
     status = _ERROR_STATUSES.get(error_type(err.body) or "")
     if status is None or response.status_code >= 400:
         return None
+    answer = _json_answer(response, status, json.dumps(err.body).encode())
+    return client._make_status_error_from_response(answer)
+
+
+def _json_answer(response: Any, status: int, body: bytes) -> Any:
+    """A JSON answer with `status` and `body`, and the other headers of `response`."""
     headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _BODY_HEADERS]
     headers.append(("content-type", "application/json"))
-    answer = http.Response(
-        status, headers=headers, content=json.dumps(err.body).encode(), request=response.request
-    )
-    return client._make_status_error_from_response(answer)
+    return http.Response(status, headers=headers, content=body, request=response.request)
 
 
 def wire_dict(model: Any) -> dict[str, Any]:
