@@ -71,7 +71,7 @@ class Policy:
     """Tokens one retry after a timeout or stall spends."""
     budget_success_refund: float = 1.0
     """Tokens a successful call gives back."""
-    stream_plain_calls: bool = False
+    stream_plain_calls: bool = True
     """Send a non-streaming `messages.create()` as a stream and rebuild the same `Message`, so
     the response and idle limits apply and a failure at any point restarts it."""
     tcp_keepalive: tuple[float, float, int] | None = (15.0, 5.0, 3)
