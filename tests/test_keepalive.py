@@ -126,10 +126,12 @@ def test_new_connections_follow_the_policy_and_uninstall_puts_the_sdks_back(
     with anthropic.Anthropic(base_url=server.url, api_key=API_KEY) as client:
 
         def new_connection() -> dict[str, int]:
-            with server.refusing():  # closes the pooled connection, as a server going down
-                pass
-            raw = client.messages.with_raw_response.create(**MESSAGE_ARGS)
-            return keepalive_of(raw.http_response)
+            # `connection: close`: the server closes it after the answer, so every call
+            # opens a new one; its socket is read before the body is.
+            with client.messages.with_streaming_response.create(
+                **MESSAGE_ARGS, extra_headers={"connection": "close"}
+            ) as response:
+                return keepalive_of(response.http_response)
 
         assert new_connection() == expected(15, 5, 3, 30_000)  # the default policy
         with sdkguard.policy(tcp_keepalive=(9.0, 3.0, 2)):
