@@ -37,6 +37,7 @@ bench: $(STAMP)
 # CI: tiny sizes, so the benchmark scripts cannot rot.
 bench-smoke: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py --quick
+	$(BIN)/python benchmarks/plain_calls.py --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .cache

@@ -280,9 +280,8 @@ def _os_failure(err: OSError, phase: Phase) -> Failure | None:
         return Failure("dns_not_found", f"DNS lookup failed ({err.strerror})", False)
     if err.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN):
         return Failure("network_unreachable", "network unreachable (ENETUNREACH)", True)
-    if err.errno == errno.ETIMEDOUT:
-        reason = "connection_timeout" if phase == "body" else "connect_timeout"
-        return Failure(reason, "connection timed out (ETIMEDOUT)", True, timeout=True)
+    if err.errno == errno.ETIMEDOUT:  # while connecting (an established one is seen earlier)
+        return Failure("connect_timeout", "connection timed out (ETIMEDOUT)", True, timeout=True)
     return None
 
 
@@ -301,6 +300,19 @@ def classify_exception(err: BaseException, *, phase: Phase, stream: bool) -> Fai
     for item in chain:
         if isinstance(item, RetryableError):
             return Failure("retryable_error", "retry requested by middleware", True)
+    connecting = ("ConnectTimeout", "ConnectError")
+    if not any(_is_http_library_error(item, name) for item in chain for name in connecting):
+        for item in chain:
+            # The kernel gave up on an established connection (TCP keepalive or its
+            # retransmission limit): the peer vanished. The socket's own timeout has no errno;
+            # httpcore calls both a `ReadTimeout` (sync) or a `ReadError` (async).
+            if isinstance(item, OSError) and item.errno == errno.ETIMEDOUT:
+                return Failure(
+                    "connection_timeout",
+                    "connection timed out (ETIMEDOUT): the server stopped answering",
+                    True,
+                    timeout=True,
+                )
     for item in chain:
         if _is_http_library_error(item, "ReadTimeout"):
             if not stream:
@@ -319,7 +331,10 @@ def classify_exception(err: BaseException, *, phase: Phase, stream: bool) -> Fai
                 "pool_timeout", "no free connection in the pool in time", True, None, True
             )
     for item in chain:
-        if isinstance(item, OSError) and not isinstance(item, TimeoutError):
+        # A socket's own timeout is a TimeoutError without errno: the limits above judge it.
+        if isinstance(item, OSError) and (
+            not isinstance(item, TimeoutError) or item.errno == errno.ETIMEDOUT
+        ):
             failure = _os_failure(item, phase)
             if failure is not None:
                 return failure

@@ -67,6 +67,8 @@ def uninstall() -> None:
         for owner, name, original in reversed(_state.originals):
             setattr(owner, name, original)
         _state.originals.clear()
+        if _drivers is not None:  # the SDK's own keepalive on the clients it built
+            _drivers.restore_keepalive()
 
 
 def is_installed() -> bool:

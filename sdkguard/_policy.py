@@ -71,10 +71,12 @@ class Policy:
     """Tokens one retry after a timeout or stall spends."""
     budget_success_refund: float = 1.0
     """Tokens a successful call gives back."""
-    stream_plain_calls: bool = False
-    """Send non-streaming `create()` as a stream under the hood (not implemented yet)."""
+    stream_plain_calls: bool = True
+    """Send a non-streaming `messages.create()` as a stream and rebuild the same `Message`, so
+    the response and idle limits apply and a failure at any point restarts it."""
     tcp_keepalive: tuple[float, float, int] | None = (15.0, 5.0, 3)
-    """TCP keepalive (idle, interval, count) for SDK-built HTTP clients (not implemented yet)."""
+    """TCP keepalive (idle s, interval s, probes) on new connections of SDK-built HTTP clients:
+    a peer that vanished is noticed after idle + interval * probes seconds (whole seconds)."""
     enabled: bool = True
     """`False` lets every call through untouched without uninstalling."""
     on_retry: tuple[RetryHook, ...] = field(default=(), compare=False)
@@ -118,7 +120,10 @@ _FORMS: dict[str, str] = {
     "budget_timeout_cost": "a number >= 0",
     "budget_success_refund": "a number >= 0",
     "stream_plain_calls": "a boolean (1/0, true/false, yes/no, on/off)",
-    "tcp_keepalive": "three numbers 'idle,interval,count' (seconds, seconds, probes), or off",
+    "tcp_keepalive": (
+        "'idle,interval,count': seconds (1 to 32767), seconds (1 to 32767), probes (1 to 127), "
+        "or off"
+    ),
     "enabled": "a boolean (1/0, true/false, yes/no, on/off)",
     "on_retry": "a tuple of callables (code only)",
 }
@@ -135,6 +140,8 @@ _LOWER_BOUNDS: dict[str, tuple[float, bool]] = {  # field: (bound, inclusive)
     "budget_success_refund": (0.0, True),
     **{name: (0.0, False) for name in _OPTIONAL},
 }
+_KEEPALIVE_MAX_SECONDS = 32767  # Linux's limit for TCP_KEEPIDLE and TCP_KEEPINTVL
+_KEEPALIVE_MAX_PROBES = 127  # and for TCP_KEEPCNT
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _OFF = {"off", "none", ""}
@@ -166,11 +173,16 @@ def _validate(name: str, value: object) -> None:
     elif name == "tcp_keepalive":
         if value is None:
             return
+        # The kernel takes whole seconds (rounded up here) within these bounds: a value it
+        # refuses would fail every new connection, so it is refused here instead.
         if not (
             isinstance(value, tuple)
             and len(value) == 3
             and all(_is_number(v) and v > 0 for v in value)
+            and value[0] <= _KEEPALIVE_MAX_SECONDS
+            and value[1] <= _KEEPALIVE_MAX_SECONDS
             and isinstance(value[2], int)
+            and value[2] <= _KEEPALIVE_MAX_PROBES
         ):
             raise _bad(name, value)
     elif name == "on_retry":

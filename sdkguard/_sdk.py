@@ -10,7 +10,11 @@ from __future__ import annotations
 import contextvars
 import functools
 import json
+import math
+import socket
+import sys
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -127,21 +131,23 @@ Frozen = tuple[type, str]
 
 
 def freeze(model: Any) -> Frozen:
-    """A compact copy of an SDK model: its class and its JSON text (pydantic 2, or 1)."""
+    """A compact copy of an SDK model: its class and its JSON as the API sent it (API names,
+    only the fields it sent), a few hundred bytes where the objects take kilobytes."""
     if hasattr(model, "model_dump_json"):
-        return type(model), model.model_dump_json()
-    return type(model), model.json()  # pragma: no cover - pydantic 1
+        return type(model), model.model_dump_json(by_alias=True, exclude_unset=True, warnings=False)
+    return type(model), model.json(by_alias=True, exclude_unset=True)  # pragma: no cover
 
 
-def thaw(frozen: Frozen) -> tuple[type, dict[str, Any]]:
-    """The class and the data of a frozen model, the data as plain JSON values."""
-    model_class, data = frozen
-    return model_class, json.loads(data)
+def thaw(frozen: Frozen) -> dict[str, Any]:
+    """The data of a frozen model, as plain JSON values."""
+    data: dict[str, Any] = json.loads(frozen[1])
+    return data
 
 
-def plain(model: Any) -> Any:
-    """An SDK model as plain JSON values."""
-    return model.to_dict() if hasattr(model, "to_dict") else model
+def wire_dict(model: Any) -> dict[str, Any]:
+    """An SDK model as the API sent it: API names, only the fields it sent, JSON values."""
+    data: dict[str, Any] = model.to_dict(mode="json", warnings=False)
+    return data
 
 
 def construct(model_class: type, data: dict[str, Any]) -> Any:
@@ -282,6 +288,10 @@ def client_tracing(client: Any) -> tuple[bool, Any]:
 
 def is_event_stream(value: object) -> bool:
     return isinstance(value, (anthropic.Stream, anthropic.AsyncStream))
+
+
+def is_async_stream(value: object) -> bool:
+    return isinstance(value, anthropic.AsyncStream)
 
 
 def http_response_of(value: Any) -> Any:
@@ -438,3 +448,222 @@ def reset_message_stream(helper: Any) -> None:
 
 def raw_stream_of(helper: Any) -> Any:
     return getattr(helper, "_raw_stream", None)
+
+
+# -- non-streaming calls sent as streams ------------------------------------------------------
+
+_RAW_RESPONSE_HEADER = "x-stainless-raw-response"
+# Platforms whose streams go to another endpoint (Bedrock: another wire format too), which the
+# fake server cannot stand in for: their plain calls are left as they are.
+_STREAMS_ELSEWHERE = ("anthropic.lib.bedrock", "anthropic.lib.vertex")
+_BODY_HEADERS = frozenset(
+    {"content-type", "content-length", "content-encoding", "transfer-encoding"}
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _stream_classes(asynchronous: bool) -> dict[Any, Any]:
+    # The answer types a stream can rebuild, with the stream class the SDK's own
+    # `create(stream=True)` reads them with.
+    from anthropic.types import Message, RawMessageStreamEvent
+    from anthropic.types.beta import BetaMessage, BetaRawMessageStreamEvent
+
+    stream = anthropic.AsyncStream if asynchronous else anthropic.Stream
+    return {
+        Message: stream[RawMessageStreamEvent],
+        BetaMessage: stream[BetaRawMessageStreamEvent],
+    }
+
+
+def plain_call_stream_class(
+    client: Any, cast_to: Any, options: Any, sdk_call: Any, *, asynchronous: bool
+) -> Any:
+    """The stream class to send this non-streaming call with, or None to send it as it is.
+
+    Only a `create()` or `parse()` of the Messages API answering a `Message` or `BetaMessage`:
+    not `count_tokens`, not a raw response (the caller asked for the HTTP answer itself), not
+    a platform whose streams go elsewhere, not a client with middleware (0.108+: it would see,
+    and could answer, a stream request the caller never made), not a call the SDK's own
+    tracing records (1.14+: its span would describe a stream).
+    """
+    if getattr(client, "_middleware", None) or getattr(sdk_call, "span", None) is not None:
+        return None
+    url: str = options.url
+    if url.split("?", 1)[0] != "/v1/messages":
+        return None
+    body = options.json_data
+    if not isinstance(body, dict) or body.get("stream") is True:
+        return None
+    headers = options.headers if isinstance(options.headers, dict) else {}
+    if any(name.lower() == _RAW_RESPONSE_HEADER for name in headers):
+        return None
+    if type(client).__module__.startswith(_STREAMS_ELSEWHERE):
+        return None
+    return _stream_classes(asynchronous).get(cast_to)
+
+
+def as_stream_request(options: Any) -> Any:
+    """The options of a non-streaming call, asking for a stream.
+
+    Without the call's `post_parser` (`parse()`'s): the SDK would apply it to the stream; it
+    is applied to the rebuilt message instead (`parse_answer` with the call's own options).
+    """
+    update = {
+        "json_data": {**options.json_data, "stream": True},
+        "post_parser": anthropic.NOT_GIVEN,
+    }
+    return copy_model(options, update)
+
+
+def is_sse(response: Any) -> bool:
+    """Whether an answer is an event stream (a server may answer a stream request with JSON)."""
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.startswith("text/event-stream")
+
+
+def parse_answer(
+    client: Any, cast_to: Any, options: Any, response: Any, retries_taken: int, body: bytes | None
+) -> Any:
+    """The SDK's own non-streaming result of `response`, or of the JSON `body` in its place.
+
+    The same code as for a non-streaming answer: `parse()`'s output, `_request_id` and strict
+    validation come out exactly as the SDK makes them. A coroutine for an async client.
+    """
+    if body is not None:
+        response = _json_answer(response, response.status_code, body)
+    return client._process_response(
+        cast_to=cast_to,
+        options=options,
+        response=response,
+        stream=False,
+        stream_cls=None,
+        retries_taken=retries_taken,
+    )
+
+
+# The HTTP status of each API error type: what a non-streaming answer carries an error with.
+_ERROR_STATUSES = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+def plain_status_error(client: Any, err: Any) -> Any:
+    """For a stream's `event: error`, the SDK's error for the same error as an HTTP status
+    (`OverloadedError` for `overloaded_error`, ...), or None when it is not one."""
+    response = err.response
+    status = _ERROR_STATUSES.get(error_type(err.body) or "")
+    if status is None or response.status_code >= 400:
+        return None
+    answer = _json_answer(response, status, json.dumps(err.body).encode())
+    return client._make_status_error_from_response(answer)
+
+
+def _json_answer(response: Any, status: int, body: bytes) -> Any:
+    """A JSON answer with `status` and `body`, and the other headers of `response`."""
+    headers = [(k, v) for k, v in response.headers.items() if k.lower() not in _BODY_HEADERS]
+    headers.append(("content-type", "application/json"))
+    return http.Response(status, headers=headers, content=body, request=response.request)
+
+
+def replace_iterator(stream: Any, iterator: Any) -> None:
+    """Make `stream` yield `iterator` instead of reading its body, which was read already.
+
+    Written into the instance: up to 1.x `_iterator` is an attribute set in `__init__` (a
+    generator not started yet), from 2.0 a cached property not read yet.
+    """
+    stream.__dict__["_iterator"] = iterator
+
+
+# -- TCP keepalive ----------------------------------------------------------------------------
+
+# The HTTP clients the SDK builds itself when none is given: the only ones sdkguard touches.
+_SDK_BUILT_HTTP_CLIENTS = (
+    _base_client.SyncHttpxClientWrapper,
+    _base_client.AsyncHttpxClientWrapper,
+)
+_KEEPALIVE_STATE = "_sdkguard_keepalive"
+_tightened: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def keepalive_socket_options(keepalive: tuple[float, float, int]) -> list[tuple[int, int, int]]:
+    """Socket options for TCP keepalive (whole seconds, rounded up) on this platform.
+
+    On Linux, TCP_USER_TIMEOUT gets the same bound: keepalive only probes an idle connection,
+    and a request sent into a vanished peer would otherwise be retransmitted for 15 minutes.
+    """
+    idle, interval, count = math.ceil(keepalive[0]), math.ceil(keepalive[1]), keepalive[2]
+    tcp = socket.IPPROTO_TCP
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    # macOS names the idle time TCP_KEEPALIVE.
+    idle_option = getattr(socket, "TCP_KEEPIDLE", None) or getattr(socket, "TCP_KEEPALIVE", None)
+    for option, value in (
+        (idle_option, idle),
+        (getattr(socket, "TCP_KEEPINTVL", None), interval),
+        (getattr(socket, "TCP_KEEPCNT", None), count),
+    ):
+        if option is not None:
+            options.append((tcp, option, value))
+    if sys.platform.startswith("linux") and hasattr(socket, "TCP_USER_TIMEOUT"):
+        options.append((tcp, socket.TCP_USER_TIMEOUT, (idle + interval * count) * 1000))
+    return options
+
+
+def _pools(http_client: Any) -> list[Any]:
+    """The connection pools of an SDK-built http client: its transport and its proxies'."""
+    transports = [http_client._transport, *http_client._mounts.values()]
+    return [
+        pool
+        for pool in (getattr(transport, "_pool", None) for transport in transports)
+        if pool is not None and hasattr(pool, "_socket_options")
+    ]
+
+
+def apply_keepalive(client: Any, keepalive: tuple[float, float, int] | None) -> None:
+    """Give the new connections of `client`'s SDK-built http client this keepalive.
+
+    A user-supplied http client is left exactly as configured; `None` puts back the SDK's own.
+    Costs a dictionary look-up when nothing changes (every guarded call asks).
+    """
+    http_client = getattr(client, "_client", None)
+    if type(http_client) not in _SDK_BUILT_HTTP_CLIENTS:
+        return
+    state = http_client.__dict__.get(_KEEPALIVE_STATE)
+    if (state[0] if state is not None else None) == keepalive:
+        return
+    if state is None:
+        # The SDK's own options, to put back when the guard lets go.
+        originals = [(pool, pool._socket_options) for pool in _pools(http_client)]
+    else:
+        originals = state[1]
+    if keepalive is None:
+        _restore(http_client, originals)
+        return
+    options = keepalive_socket_options(keepalive)
+    for pool, _ in originals:
+        pool._socket_options = options
+    http_client.__dict__[_KEEPALIVE_STATE] = (keepalive, originals)
+    _tightened.add(http_client)
+
+
+def _restore(http_client: Any, originals: list[tuple[Any, Any]]) -> None:
+    for pool, options in originals:
+        pool._socket_options = options
+    http_client.__dict__.pop(_KEEPALIVE_STATE, None)
+    _tightened.discard(http_client)
+
+
+def restore_keepalive() -> None:
+    """Put back the SDK's own keepalive on every http client sdkguard tightened (uninstall)."""
+    for http_client in list(_tightened):
+        state = http_client.__dict__.get(_KEEPALIVE_STATE)
+        if state is not None:
+            _restore(http_client, state[1])

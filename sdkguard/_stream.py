@@ -10,6 +10,7 @@ Until then a failed attempt can be replaced by a new one without the consumer no
 
 from __future__ import annotations
 
+import json
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -20,7 +21,15 @@ import anyio
 from sdkguard import _sdk
 from sdkguard._call import GuardedCall, Step, open_async, open_sync
 
-__all__ = ["Delivery", "GuardedEvents", "adopt_async", "adopt_sync", "guard_of"]
+__all__ = [
+    "Delivery",
+    "GuardedEvents",
+    "adopt_async",
+    "adopt_sync",
+    "drain_async",
+    "drain_sync",
+    "guard_of",
+]
 
 # The first of these to arrive is the commit point: content has reached the consumer.
 COMMIT_EVENTS = frozenset(
@@ -38,12 +47,13 @@ class Delivery:
     """What one attempt has delivered: held-back events, then content fragments (as strings).
 
     Strings, not event objects: keeping every event costs a third of a stream's throughput
-    in garbage collection, and `partial_message` is only needed when a stream breaks. The
-    message and its blocks are kept as their JSON too, a few hundred bytes where the parsed
-    objects take kilobytes for the whole life of the stream.
+    in garbage collection, and the message is only rebuilt when a stream breaks (or for a
+    non-streaming call sent as a stream). The message, its block starts and `message_delta`
+    are kept as their JSON too, a few hundred bytes where the parsed objects take kilobytes
+    for the whole life of the stream.
     """
 
-    __slots__ = ("blocks", "committed", "complete", "extras", "held", "message", "stop")
+    __slots__ = ("blocks", "committed", "complete", "extras", "held", "message", "message_delta")
 
     def __init__(self) -> None:
         self.reset()
@@ -58,8 +68,8 @@ class Delivery:
         self.blocks: dict[int, list[Any]] = {}
         """By index: the block as it started (frozen), then the text of each delta."""
         self.extras: dict[int, dict[str, Any]] | None = None
-        self.stop: tuple[Any, Any, Any] | None = None
-        """`message_delta`'s stop reason, stop sequence and output tokens."""
+        """By index: what a block's other deltas brought (signature, citations, others)."""
+        self.message_delta: _sdk.Frozen | None = None
 
     def hold(self, event: Any) -> list[Any] | None:
         """Before the commit point: keep `event`, or return every event to release now."""
@@ -80,64 +90,111 @@ class Delivery:
             field = _DELTA_TEXT.get(delta.type)
             if field is not None:
                 self.blocks[event.index].append(getattr(delta, field))
-            else:  # signature_delta, citations_delta: rare, kept by field
+            else:  # signature_delta, citations_delta, others: rare, kept by field
                 if self.extras is None:
                     self.extras = {}
                 extra = self.extras.setdefault(event.index, {})
                 if delta.type == "signature_delta":
                     extra["signature"] = delta.signature
                 elif delta.type == "citations_delta":
-                    extra.setdefault("citations", []).append(_sdk.plain(delta.citation))
+                    extra.setdefault("citations", []).append(_sdk.wire_dict(delta.citation))
+                else:  # compaction_delta, or a type newer than this code: kept whole
+                    extra.setdefault("other", []).append(_sdk.wire_dict(delta))
         elif kind == "content_block_start":
             self.blocks[event.index] = [_sdk.freeze(event.content_block)]
         elif kind == "message_start":
             self.message = _sdk.freeze(event.message)
         elif kind == "message_delta":
-            usage = getattr(event, "usage", None)
-            output_tokens = None if usage is None else usage.output_tokens
-            self.stop = (event.delta.stop_reason, event.delta.stop_sequence, output_tokens)
+            self.message_delta = _sdk.freeze(event)
             self.complete = True
         elif kind == "message_stop":
             self.complete = True
 
-    def partial_message(self) -> Any:
-        """The message as far as it was delivered, of the SDK's own message class."""
+    def message_data(self) -> dict[str, Any] | None:
+        """The message as far as it was delivered, as the API's non-streaming answer has it.
+
+        As the SDK's stream helpers accumulate it: `message_start` gives the message, each
+        `content_block_start` a block that its deltas complete, and `message_delta` the stop
+        reason and the final usage (cumulative counts: a count it carries replaces the first).
+        """
         if self.message is None:
             return None
-        message_class, message = _sdk.thaw(self.message)
+        body = _sdk.thaw(self.message)
         extras = self.extras or {}
-        message["content"] = [
-            _rebuild_block(_sdk.thaw(block[0])[1], "".join(block[1:]), extras.get(index))
+        body["content"] = [
+            _block_data(_sdk.thaw(block[0]), "".join(block[1:]), extras.get(index))
             for index, block in sorted(self.blocks.items())
         ]
-        if self.stop is not None:
-            message["stop_reason"], message["stop_sequence"], output_tokens = self.stop
-            usage = message.get("usage")
-            if output_tokens is not None and isinstance(usage, dict):
-                usage["output_tokens"] = output_tokens
-        return _sdk.construct(message_class, message)
+        if self.message_delta is not None:
+            event = _sdk.thaw(self.message_delta)
+            event.pop("type", None)
+            usage = event.pop("usage", None) or {}
+            # The delta's fields, then the event's own (beta: context_management, ...): a value
+            # replaces what message_start said, a null only fills a gap.
+            for key, value in (*(event.pop("delta", None) or {}).items(), *event.items()):
+                if value is not None or body.get(key) is None:
+                    body[key] = value
+            counts = {key: value for key, value in usage.items() if value is not None}
+            body["usage"] = {**(body.get("usage") or {}), **counts}
+        return body
+
+    def partial_message(self) -> Any:
+        """The message as far as it was delivered, of the SDK's own message class."""
+        data = self.message_data()
+        if data is None or self.message is None:
+            return None
+        return _sdk.construct(self.message[0], data)
 
 
-def _rebuild_block(block: dict[str, Any], text: str, extra: dict[str, Any] | None) -> Any:
-    """A content block as far as it was delivered, from its start and its deltas."""
-    citations = extra.get("citations") if extra else None
-    if extra:
-        block.update(extra)
+def _block_data(block: dict[str, Any], text: str, extra: dict[str, Any] | None) -> Any:
+    """A content block as far as it was delivered: its start, completed by its deltas."""
     kind = block.get("type")
     if kind == "text":
         block["text"] = (block.get("text") or "") + text
-        if citations:
-            block["citations"] = [*(block.get("citations") or ()), *citations]
     elif kind == "thinking":
         block["thinking"] = (block.get("thinking") or "") + text
-    elif text and "input" in block:  # tool_use, server_tool_use, mcp_tool_use ...
+    elif text.strip() and "input" in block:  # tool_use, server_tool_use, mcp_tool_use ...
+        block["input"] = _tool_input(text)
+    if extra:
+        if "signature" in extra:
+            block["signature"] = extra["signature"]
+        if "citations" in extra:
+            block["citations"] = [*(block.get("citations") or ()), *extra["citations"]]
+        if "other" in extra:
+            block.update(other_delta_fields(block.get, extra["other"]))
+    return block
+
+
+def _tool_input(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        # Not valid JSON (fine-grained tool streaming, or a stream cut short): as far as it
+        # goes, as the SDK's own stream helper parses it.
         import jiter
 
         try:
-            block["input"] = jiter.from_json(text.encode(), partial_mode="trailing-strings")
+            return jiter.from_json(text.encode(), partial_mode="trailing-strings")
         except ValueError:
-            block["input"] = {}
-    return block
+            return {}
+
+
+def other_delta_fields(current: Callable[[str], Any], deltas: list[dict[str, Any]]) -> Any:
+    """What the deltas without a rule of their own change in their block, by field.
+
+    `compaction_delta` replaces the fields it carries, as the SDK's stream helper does; a
+    delta type newer than this code extends a string field and replaces anything else, as
+    every string delta the API has sent so far does.
+    """
+    update: dict[str, Any] = {}
+    for delta in deltas:
+        fields = dict(delta)
+        kind = fields.pop("type", None)
+        for key, value in fields.items():
+            before = update[key] if key in update else current(key)
+            extend = kind != "compaction_delta" and isinstance(before, str)
+            update[key] = before + value if extend and isinstance(value, str) else value
+    return update
 
 
 class _Guard:
@@ -401,12 +458,52 @@ def _adopt(
             _sdk.set_body_read_timeout(response, call.body_read_timeout())
         call.succeeded(result)
         return result
-    guard = guard_class(call, result, send)
-    guard.prime(result)
-    events = guard.events()
-    guard.inner = _sdk.take_iterator(result, GuardedEvents(guard, events))
+    _guard(guard_class, call, result, send)
     _end_spans_when_dropped(result, call)
     return result
+
+
+def _guard(
+    guard_class: type[_SyncGuard | _AsyncGuard],
+    call: GuardedCall,
+    stream: Any,
+    send: Callable[[Any], Any],
+) -> _Guard:
+    """Put a guard between `stream` and whoever reads it."""
+    guard = guard_class(call, stream, send)
+    guard.prime(stream)
+    guard.inner = _sdk.take_iterator(stream, GuardedEvents(guard, guard.events()))
+    return guard
+
+
+def drain_sync(call: GuardedCall, stream: Any, send: Callable[[Any], Any]) -> Delivery:
+    """Read `stream` to its end under a guard, for a caller that sees nothing until then.
+
+    Nothing of the message reaches anyone before it is complete, so every retryable failure,
+    at any point, restarts it. Returns what the attempt that finished the call delivered.
+    """
+    guard = _guard(_SyncGuard, call, stream, send)
+    guard.restart_hook = _nothing_delivered
+    # Read through the stream itself, as a caller would: the SDK's span observer sees it.
+    for _ in stream:
+        pass
+    return guard.delivery
+
+
+async def drain_async(
+    call: GuardedCall, stream: Any, send: Callable[[Any], Awaitable[Any]]
+) -> Delivery:
+    """`drain_sync` for the async client."""
+    guard = _guard(_AsyncGuard, call, stream, send)
+    guard.restart_hook = _nothing_delivered
+    async for _ in stream:
+        pass
+    return guard.delivery
+
+
+def _nothing_delivered() -> None:
+    # A drained stream's restart has nothing to forget: `prime` resets the delivery.
+    pass
 
 
 def _end_spans_when_dropped(stream: Any, call: GuardedCall) -> None:

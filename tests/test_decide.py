@@ -204,6 +204,12 @@ def _wrapped(cause: BaseException, outer: type[Exception]) -> Exception:
         (ssl.SSLCertVerificationError("bad cert"), http.ConnectError, "tls_certificate", False),
         (TimeoutError("t"), http.ConnectTimeout, "connect_timeout", True),
         (TimeoutError("t"), http.ReadTimeout, "stall_idle", True),
+        # the kernel gave up on the connection (keepalive, retransmissions): not a stall
+        (TimeoutError(errno.ETIMEDOUT, "timed out"), http.ReadTimeout, "connection_timeout", True),
+        (TimeoutError(errno.ETIMEDOUT, "timed out"), http.ReadError, "connection_timeout", True),
+        (TimeoutError(errno.ETIMEDOUT, "timed out"), http.WriteError, "connection_timeout", True),
+        (TimeoutError(errno.ETIMEDOUT, "timed out"), http.ConnectTimeout, "connect_timeout", True),
+        (TimeoutError(errno.ETIMEDOUT, "timed out"), http.ConnectError, "connect_timeout", True),
         (ValueError("x"), http.RemoteProtocolError, "connection_closed", True),
     ],
 )

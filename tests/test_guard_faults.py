@@ -18,7 +18,8 @@ from tests.helpers import MODES, assert_one_clean_message, consume
 pytestmark = [pytest.mark.timeout(20), pytest.mark.usefixtures("guard")]
 FLAVOURS = ("sync", "async")  # plus "trio" where the scenario is worth a third run
 # The client's own read limit is short so that a plain call stalled before its answer ends
-# in tenths of a second (sdkguard keeps the SDK's read timeout for non-streaming calls).
+# in tenths of a second (sent as a stream it has the stream limits; not converted, it keeps
+# the SDK's read timeout).
 CLIENT = {"timeout": anthropic.Timeout(0.4, connect=0.5)}
 
 # Each fails its attempt before any content (events: 1 message_start, 2 content_block_start,

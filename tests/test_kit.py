@@ -937,3 +937,62 @@ def test_fixture_stops_the_server(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
     result.assert_outcomes(passed=2)
+
+
+# -- a peer that vanishes, a server that ignores "stream" ------------------------------------
+
+needs_vanish = pytest.mark.skipif(
+    not faults.VANISH_SUPPORTED,
+    reason=f"a vanishing peer needs Linux socket filters (this is {sys.platform})",
+)
+
+
+@needs_vanish
+def test_vanish_before_headers_is_silence_without_fin_or_rst(fake: FakeAnthropic) -> None:
+    fake.script(faults.vanish_before_headers())
+    with make_client(fake, read=0.3) as client:
+        seen, error = read_stream(client)
+    # The connection was neither closed nor reset: the client only sees its own timeout.
+    assert isinstance(error, anthropic.APITimeoutError) and caused_by(error, httpx2.ReadTimeout)
+    assert seen == [] and fake.sent[0].status == 0 and fake.open_connections == 1
+
+
+@needs_vanish
+def test_vanish_after_n_events(fake: FakeAnthropic) -> None:
+    fake.script(faults.vanish_after(3))
+    with make_client(fake, read=0.3) as client:
+        seen, error = read_stream(client)
+    assert isinstance(error, httpx2.ReadTimeout)
+    assert [t for t, _ in seen] == ["message_start", "content_block_start"]
+
+
+@needs_vanish
+def test_vanish_connections_swallows_the_next_request(fake: FakeAnthropic) -> None:
+    with make_client(fake, read=0.3) as client:
+        client.messages.create(**KW)
+        fake.vanish_connections()
+        with pytest.raises(anthropic.APITimeoutError):
+            client.messages.create(**KW)  # sent on the pooled connection: never arrives
+    assert len(fake.requests) == 1
+    with make_client(fake) as client:  # a new connection is answered
+        assert client.messages.create(**KW).content[0].text == faults.DEFAULT_TEXT
+    assert [r.connection for r in fake.requests] == [0, 1]
+
+
+def test_ok_can_ignore_what_the_request_asked(fake: FakeAnthropic) -> None:
+    fake.script(faults.ok(stream=False), faults.ok(stream=True))
+    with make_client(fake) as client:
+        with client.messages.with_streaming_response.create(**KW, stream=True) as response:
+            assert response.headers["content-type"] == "application/json"
+            assert json.loads(response.read())["content"][0]["text"] == faults.DEFAULT_TEXT
+        with client.messages.with_streaming_response.create(**KW) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert b"event: message_stop" in response.read()
+    assert [r.stream for r in fake.requests] == [True, False]
+
+
+def test_vanish_faults_parse_from_the_command_line() -> None:
+    if not faults.VANISH_SUPPORTED:
+        pytest.skip(f"a vanishing peer needs Linux socket filters (this is {sys.platform})")
+    assert parse_fault("vanish_after:2") == faults.vanish_after(2)
+    assert parse_fault("vanish_before_headers") == faults.vanish_before_headers()

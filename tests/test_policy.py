@@ -52,6 +52,11 @@ def test_defaults_are_the_documented_ones() -> None:
         ("retry_statuses", frozenset({999})),
         ("enabled", "yes"),
         ("tcp_keepalive", (1.0, 2.0)),
+        ("tcp_keepalive", (15.0, 5.0, 3.5)),
+        ("tcp_keepalive", (15.0, 5.0, 0)),
+        ("tcp_keepalive", (40000.0, 5.0, 3)),  # more than the kernel takes
+        ("tcp_keepalive", (15.0, 5.0, 128)),
+        ("stream_plain_calls", 1),
     ],
 )
 def test_impossible_values_name_the_field_and_the_form(field: str, value: Any) -> None:
@@ -75,6 +80,9 @@ def test_unknown_fields_are_refused_with_the_known_ones() -> None:
         ({"SDKGUARD_RETRY_BUDGET": "false"}, {"retry_budget": False}),
         ({"SDKGUARD_RETRY_STATUSES": "429, 529 503"}, {"retry_statuses": {429, 503, 529}}),
         ({"SDKGUARD_TCP_KEEPALIVE": "10,2,4"}, {"tcp_keepalive": (10.0, 2.0, 4)}),
+        ({"SDKGUARD_TCP_KEEPALIVE": "off"}, {"tcp_keepalive": None}),
+        ({"SDKGUARD_STREAM_PLAIN_CALLS": "0"}, {"stream_plain_calls": False}),
+        ({"SDKGUARD_STREAM_PLAIN_CALLS": "on"}, {"stream_plain_calls": True}),
         ({"OTHER": "1"}, {}),
     ],
 )
@@ -93,6 +101,9 @@ def test_environment_variables(env: dict[str, str], expected: dict[str, Any]) ->
         ("SDKGUARD_ENABLED", "maybe"),
         ("SDKGUARD_RETRY_STATUSES", "429,abc"),
         ("SDKGUARD_TCP_KEEPALIVE", "10"),
+        ("SDKGUARD_TCP_KEEPALIVE", "10,2,4.5"),
+        ("SDKGUARD_TCP_KEEPALIVE", "10,2,400"),
+        ("SDKGUARD_STREAM_PLAIN_CALLS", "sometimes"),
         ("SDKGUARD_ON_RETRY", "print"),
     ],
 )

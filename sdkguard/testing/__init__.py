@@ -31,6 +31,8 @@ from sdkguard.testing.faults import (
     ToolUse,
     Trickle,
     TruncateAfter,
+    VanishAfter,
+    VanishBeforeHeaders,
 )
 
 __all__ = [
@@ -54,5 +56,7 @@ __all__ = [
     "ToolUse",
     "Trickle",
     "TruncateAfter",
+    "VanishAfter",
+    "VanishBeforeHeaders",
     "faults",
 ]

@@ -43,6 +43,8 @@ _FAULTS: dict[str, tuple[Callable[..., Answer], tuple[Callable[[str], Any], ...]
     "truncate_after": (faults.truncate_after, (int,), 1),
     "close_after": (faults.close_after, (int,), 1),
     "malformed_after": (faults.malformed_after, (int,), 1),
+    "vanish_before_headers": (faults.vanish_before_headers, (), 0),
+    "vanish_after": (faults.vanish_after, (int,), 1),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import enum
 import functools
 import http
@@ -23,6 +24,7 @@ from typing import Any
 from sdkguard.testing import _sse
 from sdkguard.testing.faults import (
     DEFAULT_OK,
+    VANISH_SUPPORTED,
     Answer,
     CloseAfter,
     MalformedAfter,
@@ -36,6 +38,8 @@ from sdkguard.testing.faults import (
     Status,
     Trickle,
     TruncateAfter,
+    VanishAfter,
+    VanishBeforeHeaders,
     default_error_message,
     default_error_type,
     status_for_error_type,
@@ -52,6 +56,9 @@ _MAX_HEAD = 1 << 20
 _BACKLOG = 512
 _STOP_JOIN_SECONDS = 2.0
 _LINGER_ZERO = struct.pack("ii", 1, 0)
+_SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)  # Linux
+# A classic BPF program of one instruction, `ret #0`: keep no byte of any packet.
+_DROP_ALL = struct.pack("HBBI", 0x06, 0, 0, 0)
 _REASONS = {529: "Overloaded"}
 
 
@@ -268,6 +275,18 @@ class _Conn:
                 raise _Gone
             # Bytes from the client during a stall: keep them for the next request.
             self.buf += data
+
+    def vanish(self) -> None:
+        """From now on the kernel drops every packet that arrives for this connection.
+
+        A socket filter that keeps nothing: TCP never sees the client's data, acknowledgements
+        or keepalive probes, so to the client the server's host is gone without a FIN or RST.
+        """
+        program = ctypes.create_string_buffer(_DROP_ALL)
+        # struct sock_fprog: the number of instructions, then a pointer to them.
+        fprog = struct.pack("HP", 1, ctypes.addressof(program))
+        with self.lock:
+            self.sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
 
     def close(self, reset: bool) -> None:
         # Under the lock: refuse_connections() may be shutting this socket down right now.
@@ -503,6 +522,21 @@ class FakeAnthropic:
         if not self._started or self._stopping:
             raise RuntimeError("the server is not running")
         self._open_listener()
+
+    def vanish_connections(self) -> None:
+        """Make every open connection vanish now, idle keep-alive ones included (Linux).
+
+        The kernel drops every packet that arrives for them: a client that sends on one gets
+        no FIN, RST or acknowledgement, as behind a NAT or load balancer that forgot its
+        connections. New connections are answered as usual.
+        """
+        if not VANISH_SUPPORTED:
+            raise NotImplementedError("a vanishing peer needs Linux socket filters")
+        with self._cond:
+            conns = list(self._conns.values())
+        for conn in conns:
+            with contextlib.suppress(OSError):  # closed meanwhile
+                conn.vanish()
 
     @contextlib.contextmanager
     def refusing(self) -> Iterator[None]:
@@ -855,6 +889,8 @@ class FakeAnthropic:
             return _End.RESET
         if isinstance(answer, StallBeforeHeaders):
             reply.conn.pause(answer.seconds)
+        if isinstance(answer, VanishBeforeHeaders):
+            return self._vanish(reply.conn)
         reply.sent.fault = "ok"
         tokens = max(1, len(reply.request.raw_body) // 4)
         return self._send_json(reply, 200, _sse.dumps({"input_tokens": tokens}))
@@ -864,6 +900,8 @@ class FakeAnthropic:
             return self._status(reply, answer)
         if isinstance(answer, ResetBeforeHeaders):
             return _End.RESET
+        if isinstance(answer, VanishBeforeHeaders):
+            return self._vanish(reply.conn)
         ok = answer if isinstance(answer, Ok) else getattr(answer, "reply", None) or DEFAULT_OK
         if isinstance(answer, StallBeforeHeaders):
             reply.conn.pause(answer.seconds)
@@ -872,7 +910,7 @@ class FakeAnthropic:
         if not isinstance(model, str):
             model = "claude-fake"
         message_id = ok.message_id or f"msg_fake_{reply.n}"
-        if reply.request.stream:
+        if reply.request.stream if ok.stream is None else ok.stream:
             return self._stream(reply, answer, ok, model, message_id)
         return self._message(reply, answer, ok, model, message_id)
 
@@ -946,6 +984,8 @@ class FakeAnthropic:
             return _End.RESET
         if isinstance(answer, TruncateAfter):
             return _End.CLOSE
+        if isinstance(answer, VanishAfter):
+            return self._vanish(conn)
         if isinstance(answer, StallAfter):
             conn.pause(answer.seconds)
             return send_rest()
@@ -1012,12 +1052,14 @@ class FakeAnthropic:
                 conn, answer.bytes_per_second, [(head, on_head), (body, None)], done, undo
             )
             return reply.end
-        if isinstance(answer, (ResetAfter, TruncateAfter, CloseAfter, StallAfter)):
+        if isinstance(answer, (ResetAfter, TruncateAfter, CloseAfter, StallAfter, VanishAfter)):
             conn.send(head + body[:half])
             on_head()
             sent.body = body[:half]
             if isinstance(answer, ResetAfter):
                 return _End.RESET
+            if isinstance(answer, VanishAfter):
+                return self._vanish(conn)
             if not isinstance(answer, StallAfter):
                 return _End.CLOSE
             conn.pause(answer.seconds)
@@ -1031,6 +1073,13 @@ class FakeAnthropic:
         else:
             self._last_write(conn, head + body, done, undo)
         return reply.end
+
+    @staticmethod
+    def _vanish(conn: _Conn) -> _End:
+        """The connection vanishes, and its thread waits for the server to stop."""
+        conn.vanish()
+        conn.pause(None)  # nothing arrives any more: ends with `_Gone` when the server stops
+        return _End.RESET
 
     def _trickle(
         self,

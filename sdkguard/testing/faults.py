@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 __all__ = [
     "DEFAULT_TEXT",
+    "VANISH_SUPPORTED",
     "Answer",
     "Block",
     "CloseAfter",
@@ -37,6 +39,8 @@ __all__ = [
     "ToolUse",
     "Trickle",
     "TruncateAfter",
+    "VanishAfter",
+    "VanishBeforeHeaders",
     "close_after",
     "default_error_message",
     "default_error_type",
@@ -55,10 +59,15 @@ __all__ = [
     "tool_use",
     "trickle",
     "truncate_after",
+    "vanish_after",
+    "vanish_before_headers",
 ]
 
 DEFAULT_TEXT = "Hello from the fake Anthropic server."
 """The text of the default reply, `ok()`."""
+
+VANISH_SUPPORTED = sys.platform.startswith("linux")
+"""Whether this platform can make a peer vanish (`vanish_*` faults): Linux socket filters."""
 
 _tool_ids = itertools.count(1)
 
@@ -217,6 +226,7 @@ class Ok(Answer):
     usage: Mapping[str, int] | None = None
     ping_after_start: bool = True
     message_id: str | None = None
+    stream: bool | None = None
     name: ClassVar[str] = "ok"
 
 
@@ -243,6 +253,22 @@ class ResetAfter(Answer):
     n: int
     reply: Ok | None = None
     name: ClassVar[str] = "reset_after"
+
+
+@dataclass(frozen=True)
+class VanishBeforeHeaders(Answer):
+    """The request is read, then the server's host vanishes: no FIN, RST or ACK ever again."""
+
+    name: ClassVar[str] = "vanish_before_headers"
+
+
+@dataclass(frozen=True)
+class VanishAfter(Answer):
+    """`n` events, then the server's host vanishes: no FIN, RST or ACK ever again."""
+
+    n: int
+    reply: Ok | None = None
+    name: ClassVar[str] = "vanish_after"
 
 
 @dataclass(frozen=True)
@@ -345,13 +371,16 @@ def ok(
     usage: Mapping[str, int] | None = None,
     ping_after_start: bool = True,
     message_id: str | None = None,
+    stream: bool | None = None,
 ) -> Ok:
     """A complete reply with `blocks` (default: one text block in three deltas).
 
     `model` defaults to the request's model; `stop_reason` to `"tool_use"` when the last block
     is a tool_use, else `"end_turn"`; `usage` overrides `input_tokens`, `output_tokens`,
     `cache_creation_input_tokens`, `cache_read_input_tokens` (output defaults to the number
-    of deltas). `message_id` defaults to a fresh `msg_fake_<n>` per response.
+    of deltas). `message_id` defaults to a fresh `msg_fake_<n>` per response. `stream`
+    answers as a stream (True) or as JSON (False) whatever the request asked, as a proxy or a
+    mock that ignores `"stream"` does; None (the default) follows the request.
     """
     for block in blocks:
         if not isinstance(block, Block):
@@ -365,6 +394,7 @@ def ok(
         usage=dict(usage) if usage is not None else None,
         ping_after_start=ping_after_start,
         message_id=message_id,
+        stream=stream,
     )
     # Build the wire bytes now, not while serving: a benchmark then times only the client.
     # Imported here because _sse imports this module.
@@ -399,6 +429,31 @@ def reset_after(n: int, *, reply: Ok | None = None) -> ResetAfter:
     """Send `n` events of the reply, then reset the connection (TCP RST)."""
     _check_n(n)
     return ResetAfter(n=n, reply=reply)
+
+
+def _check_vanish() -> None:
+    if not VANISH_SUPPORTED:
+        raise NotImplementedError(
+            "a vanishing peer needs Linux: the server drops its packets with a socket filter"
+        )
+
+
+def vanish_before_headers() -> VanishBeforeHeaders:
+    """Read the request, then vanish: the server's kernel drops every packet of the connection.
+
+    The client gets no FIN, no RST and no acknowledgement of anything it sends, as when the
+    server's host loses power or a NAT forgets the connection: only TCP keepalive, a
+    retransmission limit or a read timeout can notice. Linux only (`VANISH_SUPPORTED`).
+    """
+    _check_vanish()
+    return VanishBeforeHeaders()
+
+
+def vanish_after(n: int, *, reply: Ok | None = None) -> VanishAfter:
+    """Send `n` events, then vanish (see `vanish_before_headers`). Linux only."""
+    _check_n(n)
+    _check_vanish()
+    return VanishAfter(n=n, reply=reply)
 
 
 def stall_after(n: int, seconds: float | None = None, *, reply: Ok | None = None) -> StallAfter:

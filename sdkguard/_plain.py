@@ -1,0 +1,95 @@
+"""Non-streaming calls sent as streams under the hood, and the same `Message` rebuilt.
+
+A non-streaming `messages.create()` gets nothing back until the whole answer is ready, so a
+dead connection looks exactly like a slow answer. With `stream_plain_calls`, sdkguard sends
+the call as a stream instead: pings and events give the response and idle limits something to
+watch, and since nothing reaches the caller before the message is complete, every retryable
+failure at any point restarts the call (`_stream.drain_sync`).
+
+The message is rebuilt as the JSON body the non-streaming answer would have had, and that
+body goes through the SDK's own non-streaming code (`_sdk.parse_answer`): the caller gets the
+`Message`, `BetaMessage` or `parse()` result the SDK would have made of it, `_request_id`
+included. A server that answers the stream request with JSON is taken at its word: that
+answer is parsed as it is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from sdkguard import _sdk
+from sdkguard._call import add_note
+from sdkguard._stream import Delivery
+
+__all__ = ["PlainCall"]
+
+
+class PlainAnswer:
+    """The JSON answer of an attempt, in place of its events: to the guard, a whole message."""
+
+    __slots__ = ("message",)
+    type = "message_stop"  # the guard's commit point, and a complete message
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+
+
+class PlainCall:
+    """What a non-streaming call sent as a stream needs besides its `GuardedCall`."""
+
+    __slots__ = ("answer", "cast_to", "client", "options", "plain_options", "stream_cls")
+
+    def __init__(self, client: Any, cast_to: Any, options: Any, stream_cls: Any) -> None:
+        self.client = client
+        self.cast_to = cast_to
+        self.plain_options = options
+        self.options = _sdk.as_stream_request(options)
+        """The request each attempt sends."""
+        self.stream_cls = stream_cls
+        self.answer: Any = None
+        """The JSON answer of the latest attempt, when it was not an event stream."""
+
+    def json_answer(self, stream: Any, read_timeout: float | None, retries_taken: int) -> Any:
+        """None for an event stream; else what parses the JSON answer (awaitable when async)."""
+        response = stream.response
+        if _sdk.is_sse(response):
+            self.answer = None
+            return None
+        _sdk.set_body_read_timeout(response, read_timeout)
+        return self._parse(response, retries_taken=retries_taken, body=None)
+
+    def answered(self, stream: Any, message: Any) -> None:
+        """The attempt's JSON answer was parsed: the stream yields it whole to the guard."""
+        self.answer = message
+        answer = PlainAnswer(message)
+        is_async = _sdk.is_async_stream(stream)
+        _sdk.replace_iterator(stream, _one_async(answer) if is_async else _one(answer))
+
+    def rebuilt(self, stream: Any, delivery: Delivery, retries_taken: int) -> Any:
+        """The caller's result from the events `delivery` holds (awaitable when async)."""
+        body = json.dumps(delivery.message_data(), separators=(",", ":")).encode()
+        return self._parse(stream.response, retries_taken=retries_taken, body=body)
+
+    def raise_as_plain(self, err: Exception) -> None:
+        """Raise the error a non-streaming answer would have carried for a stream's `error`
+        event (`OverloadedError` for `overloaded_error`, ...), with sdkguard's notes."""
+        error = _sdk.plain_status_error(self.client, err)
+        if error is not None:
+            for note in getattr(err, "__notes__", ()):
+                add_note(error, note)
+            raise error from err
+
+    def _parse(self, response: Any, *, retries_taken: int, body: bytes | None) -> Any:
+        return _sdk.parse_answer(
+            self.client, self.cast_to, self.plain_options, response, retries_taken, body
+        )
+
+
+def _one(answer: PlainAnswer) -> Iterator[PlainAnswer]:
+    yield answer
+
+
+async def _one_async(answer: PlainAnswer) -> AsyncIterator[PlainAnswer]:
+    yield answer
