@@ -11,12 +11,14 @@ pairing within a round makes the least sensitive to a shared machine's load drif
 from __future__ import annotations
 
 import argparse
+import cProfile
 import faulthandler
 import importlib.metadata
 import itertools
 import json
 import os
 import platform
+import pstats
 import statistics
 import subprocess
 import sys
@@ -387,6 +389,55 @@ class Verdict:
             f"{fmt.format(self.value)} per-round median (by min {fmt.format(self.by_min)}, "
             f"by median {fmt.format(self.by_median)}: {agreement})"
         )
+
+
+# --- profiles: where a difference comes from -----------------------------------------------
+
+
+def cprofile(work: Callable[[], object]) -> pstats.Stats:
+    """`work` under cProfile, after one untimed run (imports, caches, connections)."""
+    work()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    work()
+    profiler.disable()
+    return pstats.Stats(profiler)
+
+
+def _func_name(func: tuple[str, int, str]) -> str:
+    filename, line, name = func
+    short = filename.split("site-packages/")[-1].removeprefix(f"{ROOT}/")
+    return f"{short}:{line}({name})" if line else name
+
+
+def profile_difference(
+    a: pstats.Stats, b: pstats.Stats, units: int, unit: str, top: int = 30
+) -> list[str]:
+    """The functions `a` calls more (or less) often than `b`, per `unit`, heaviest first.
+
+    Call counts are exact; the time is the count difference times the function's own time
+    per call (in the run that calls it more), so scheduling noise is not subtracted into it.
+    """
+    counts = [
+        {_func_name(func): (row[1], row[2]) for func, row in stats.stats.items()}  # type: ignore[attr-defined]
+        for stats in (a, b)
+    ]
+    rows = []
+    for func in set(counts[0]) | set(counts[1]):
+        (a_calls, a_time), (b_calls, b_time) = (c.get(func, (0, 0.0)) for c in counts)
+        if a_calls == b_calls:
+            continue
+        calls, own = (a_calls, a_time) if a_calls > b_calls else (b_calls, b_time)
+        extra = (a_calls - b_calls) * own / calls
+        rows.append(((a_calls - b_calls) / units, extra / units * 1e6, func))
+    rows.sort(key=lambda row: -row[1])
+    total = sum(micros for _, micros, _ in rows)
+    lines = [
+        f"calls per {unit} that differ, x own time per call: {total:+.1f} us per {unit} in all "
+        "(cProfile inflates small functions)"
+    ]
+    lines += [f"{n:+9.2f} calls {micros:+9.2f} us  {func}" for n, micros, func in rows[:top]]
+    return lines
 
 
 # --- results for RESULTS.md -----------------------------------------------------------------

@@ -32,7 +32,6 @@ cancels load drift).
 from __future__ import annotations
 
 import argparse
-import cProfile
 import gc
 import io
 import json
@@ -59,6 +58,8 @@ from _common import (
     Stats,
     Verdict,
     add_common_args,
+    code_block,
+    cprofile,
     difference,
     loadavg,
     machine_info,
@@ -67,6 +68,7 @@ from _common import (
     md_table,
     out,
     policy_changes,
+    profile_difference,
     ratio,
     report_progress,
     report_result,
@@ -255,6 +257,8 @@ class Results:
     disabled_negligible: list[Verdict] = field(default_factory=list)
     seconds: float = 0.0
     headlines: list[Headline] = field(default_factory=list)
+    profiles: dict[str, list[str]] = field(default_factory=dict)
+    """`stream`, `call`, `memory` -> a summarized profile, when a goal of that figure is missed."""
     markdown: str = ""
 
 
@@ -320,14 +324,45 @@ def measure(sizes: Sizes, mode: str, out: Out) -> Results:
         finally:
             tracemalloc.stop()
             client.close()
+        derive(results)
+        explain(results, server, policy, out)
     finally:
         sdkguard.uninstall()
         server.close()
     results.machine["load_after"] = loadavg()
     results.seconds = time.perf_counter() - started
-    derive(results)
     results.markdown = markdown(results)
     return results
+
+
+def explain(results: Results, server: ServerProcess, policy: sdkguard.Policy, out: Out) -> None:
+    """For each goal missed, the profile that shows where the cost comes from (RESULTS.md)."""
+    missed = {v.goal for v in results.goals if v.status != "met"}
+    wanted = [
+        (what, url)
+        for what, url, goals in (
+            ("stream", "stream", ("stream time",)),
+            ("call", "small", ("create() time",)),
+            ("memory", "memory", ("memory added",)),
+        )
+        if any(goal.startswith(goals) for goal in missed)
+    ]
+    for what, url in wanted:
+        out(f"\nprofiling {what}: a goal is not met ...")
+        client = make_client(server.urls[url])
+        try:
+            if what == "memory":
+                lines: list[str] = []
+                profile_memory(client, policy, results.sizes.streams, lines.append)
+                results.profiles[what] = [line for line in lines if line.strip()][1:]
+            else:
+                results.profiles[what] = profile_time(
+                    client, policy, what, results.sizes, out, top=14, full=False
+                )
+        finally:
+            sdkguard.uninstall()
+            client.close()
+        server.clear()
 
 
 # --- the client processes of the timed measurements -----------------------------------------
@@ -707,8 +742,21 @@ def markdown(results: Results) -> str:
             "**Installed but disabled** (`with sdkguard.policy(enabled=False)`) against not "
             "installed:",
             md_table(["figure", "disabled"], disabled_rows),
+            *(
+                f"**Profile, {PROFILE_TITLES[what]}** (a goal is not met; "
+                f"`python benchmarks/overhead.py --profile {what}` shows more):\n\n"
+                + code_block("\n".join(lines))
+                for what, lines in results.profiles.items()
+            ),
         ]
     )
+
+
+PROFILE_TITLES = {
+    "stream": "long stream, guarded against plain (cProfile)",
+    "call": "non-streaming call, guarded against plain (cProfile)",
+    "memory": "memory per open stream (tracemalloc, by the sdkguard line that allocated it)",
+}
 
 
 # --- profiling: where the guard's cost comes from -------------------------------------------
@@ -736,65 +784,37 @@ def profile_time(
     what: str,
     sizes: Sizes,
     out: Out,
-) -> None:
+    *,
+    top: int = 30,
+    full: bool = True,
+) -> list[str]:
+    """cProfile guarded and plain; print their top functions (`full`) and return the lines
+    of the functions the guard calls more often than the plain SDK."""
     per = sizes.deltas + FRAMING_EVENTS if what == "stream" else sizes.calls * 10
     unit = "stream" if what == "stream" else "call"
     profiles: dict[str, pstats.Stats] = {}
     for name in (GUARDED, PLAIN):
         with variant(name, policy, client) as create:
-            work: Callable[[], object] = (
+            profiles[name] = stats = cprofile(
                 (lambda: run_stream(create, per))
                 if what == "stream"
                 else (lambda: run_calls(create, per))
             )
-            work()
-            profiler = cProfile.Profile()
-            profiler.enable()
-            work()
-            profiler.disable()
+        if not full:
+            continue
         buffer = io.StringIO()
-        profiles[name] = stats = pstats.Stats(profiler, stream=buffer)
+        stats.stream = buffer  # type: ignore[attr-defined]
         buffer.write(f"\n===== cProfile, {name}, {what}: top functions by own time =====\n")
         stats.sort_stats("tottime").print_stats(15)
         if name == GUARDED:
             buffer.write("----- guarded: sdkguard's functions by cumulative time -----\n")
             stats.sort_stats("cumulative").print_stats(r"/sdkguard/(?!testing)", 25)
         out(buffer.getvalue().rstrip())
-    # The functions the guard calls more (or less) often than the plain SDK: call counts are
-    # exact; the time is the count difference times the function's own time per call (in the
-    # run that calls it more), so scheduling noise is not subtracted into it.
-    counts = {
-        name: {
-            _func_name(func): (row[1], row[2])
-            for func, row in stats.stats.items()  # type: ignore[attr-defined]
-        }
-        for name, stats in profiles.items()
-    }
     done = 1 if what == "stream" else per + 1  # run_calls makes one more, untimed, call
-    rows = []
-    for func in set(counts[GUARDED]) | set(counts[PLAIN]):
-        (g_calls, g_time), (p_calls, p_time) = (
-            counts[GUARDED].get(func, (0, 0.0)),
-            counts[PLAIN].get(func, (0, 0.0)),
-        )
-        if g_calls == p_calls:
-            continue
-        calls, own = (g_calls, g_time) if g_calls > p_calls else (p_calls, p_time)
-        extra = (g_calls - p_calls) * own / calls
-        rows.append(((g_calls - p_calls) / done, extra / done * 1e6, func))
-    rows.sort(key=lambda row: -row[1])
-    out(
-        f"\n===== guarded - plain: calls per {unit} that differ, x own time per call "
-        "(under cProfile, which inflates small functions) ====="
-    )
-    for n_calls, micros, func in rows[:30]:
-        out(f"  {n_calls:+10.2f} calls {micros:+10.3f} us  {func}")
-
-
-def _func_name(func: tuple[str, int, str]) -> str:
-    filename, line, name = func
-    short = filename.split("site-packages/")[-1].removeprefix(f"{HERE.parent}/")
-    return f"{short}:{line}({name})" if line else name
+    lines = profile_difference(profiles[GUARDED], profiles[PLAIN], done, unit, top)
+    if full:
+        out("\n===== guarded - plain: " + "\n".join(lines))
+    return lines
 
 
 def profile_memory(client: anthropic.Anthropic, policy: sdkguard.Policy, n: int, out: Out) -> None:

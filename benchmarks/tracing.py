@@ -58,6 +58,8 @@ from _common import (
     ServerProcess,
     Verdict,
     add_common_args,
+    code_block,
+    cprofile,
     difference,
     loadavg,
     machine_info,
@@ -66,6 +68,7 @@ from _common import (
     md_table,
     out,
     policy_changes,
+    profile_difference,
     ratio,
     rotated,
     run_main,
@@ -292,6 +295,8 @@ class Results:
     figures: dict[str, Any] = field(default_factory=dict)
     goal: Verdict | None = None
     less_than_every_instrumentation: bool = False
+    profile: list[str] = field(default_factory=list)
+    """When the goal is missed: what (b) calls more than (a), summarized from cProfile."""
     seconds: float = 0.0
     headlines: list[Headline] = field(default_factory=list)
     markdown: str = ""
@@ -364,13 +369,29 @@ def measure(sizes: Sizes, mode: str, out: Out, *, instr: bool) -> Results:
                 for worker in workers:
                     worker.close()
             server.clear()
+        derive(results)
+        if results.goal is not None and results.goal.status != "met":
+            out("\nprofiling (b) against (a): the goal is not met ...")
+            results.profile = profile(server.urls["small"], sizes.calls * 10)
     finally:
         server.close()
     results.machine["load_after"] = loadavg()
     results.seconds = time.perf_counter() - started
-    derive(results)
     results.markdown = markdown(results)
     return results
+
+
+def profile(url: str, calls: int, top: int = 16) -> list[str]:
+    """cProfile (b) and (a) in this process (a `main` worker's state): what sdkguard adds."""
+    worker = Worker({"kind": "main", "url": url, "calls": calls})
+    profiles = {}
+    for variant in (GUARDED, SDK):
+        worker.switch(variant)
+        profiles[variant] = cprofile(lambda: [worker.call() for _ in range(calls)])
+    worker.switch(SDK)
+    worker.tracer_provider.shutdown()
+    worker.meter_provider.shutdown()
+    return profile_difference(profiles[GUARDED], profiles[SDK], calls, "call", top)
 
 
 def derive(results: Results) -> None:
@@ -562,6 +583,14 @@ def markdown(results: Results) -> str:
             f"{'yes' if results.less_than_every_instrumentation else '**no**'}.",
         ]
         + ([f"Not measured: {', '.join(results.skipped)}."] if results.skipped else [])
+        + (
+            [
+                "**Profile** (the goal is not met): (b) against (a) in one process, cProfile:\n\n"
+                + code_block("\n".join(results.profile))
+            ]
+            if results.profile
+            else []
+        )
     )
 
 
