@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import faulthandler
+import gc
 import importlib.metadata
 import itertools
 import json
@@ -395,12 +396,20 @@ class Verdict:
 
 
 def cprofile(work: Callable[[], object]) -> pstats.Stats:
-    """`work` under cProfile, after one untimed run (imports, caches, connections)."""
+    """`work` under cProfile, after one untimed run (imports, caches, connections).
+
+    The garbage collector is off while profiling: a collection would be charged to whatever
+    function happened to allocate when it ran, which says nothing about that function."""
     work()
+    gc.collect()
+    gc.disable()
     profiler = cProfile.Profile()
-    profiler.enable()
-    work()
-    profiler.disable()
+    try:
+        profiler.enable()
+        work()
+        profiler.disable()
+    finally:
+        gc.enable()
     return pstats.Stats(profiler)
 
 
@@ -434,7 +443,7 @@ def profile_difference(
     total = sum(micros for _, micros, _ in rows)
     lines = [
         f"calls per {unit} that differ, x own time per call: {total:+.1f} us per {unit} in all "
-        "(cProfile inflates small functions)"
+        "(cProfile inflates small functions; garbage collector off)"
     ]
     lines += [f"{n:+9.2f} calls {micros:+9.2f} us  {func}" for n, micros, func in rows[:top]]
     return lines

@@ -39,12 +39,15 @@ from _common import (
     ServerProcess,
     Verdict,
     add_common_args,
+    code_block,
+    cprofile,
     loadavg,
     machine_info,
     machine_line,
     make_async_client,
     md_table,
     out,
+    profile_difference,
     ratio,
     report_result,
     rotated,
@@ -167,6 +170,8 @@ class Results:
     goal: Verdict | None = None
     seconds: float = 0.0
     headlines: list[Headline] = field(default_factory=list)
+    profile: list[str] = field(default_factory=list)
+    """When the goal is missed: what the guarded batch calls more, summarized from cProfile."""
     markdown: str = ""
 
 
@@ -192,13 +197,39 @@ def measure(sizes: Sizes, mode: str, out: Out) -> Results:
                 for v, s in results.samples.items()
             )
             out(f"  round {r + 1:2d}/{sizes.rounds}: {cells}")
+        derive(results)
+        if results.headlines[0].status != "met":
+            out("\nprofiling guarded against plain: the goal is not met ...")
+            results.profile = profile(server.urls["streams"], min(sizes.streams, PROFILE_STREAMS))
     finally:
         server.close()
     results.machine["load_after"] = loadavg()
     results.seconds = time.perf_counter() - started
-    derive(results)
     results.markdown = markdown(results)
     return results
+
+
+PROFILE_STREAMS = 200
+
+
+def profile(url: str, n: int, top: int = 16) -> list[str]:
+    """cProfile a batch of `n` concurrent streams, guarded and plain, in this process."""
+    policy = sdkguard.Policy.from_env()
+
+    async def batch() -> None:
+        clients = [make_async_client(url) for _ in range(-(-n // STREAMS_PER_CLIENT))]
+        try:
+            await _batch(clients, n)
+        finally:
+            for client in clients:
+                await client.close()
+
+    profiles = {}
+    for variant in VARIANTS:
+        set_guard(variant == GUARDED, policy)
+        profiles[variant] = cprofile(lambda: asyncio.run(batch()))
+    set_guard(False, policy)
+    return profile_difference(profiles[GUARDED], profiles[PLAIN], n, "stream", top)
 
 
 def derive(results: Results) -> None:
@@ -303,6 +334,15 @@ def markdown(results: Results) -> str:
             f"{f['hwm_mb_added']:+.1f} MB ({f['hwm_kb_added_per_stream']:+.2f} kB per open "
             "stream, everything included).",
         ]
+        + (
+            [
+                f"**Profile** (the goal is not met): {PROFILE_STREAMS} concurrent streams, "
+                "guarded against plain, in one process, cProfile:\n\n"
+                + code_block("\n".join(results.profile))
+            ]
+            if results.profile
+            else []
+        )
     )
 
 

@@ -323,7 +323,7 @@ def measure(sizes: Sizes, mode: str, out: Out, *, instr: bool) -> Results:
     server = ServerProcess({"small": "ok"})
     try:
         for set_index, (first, stop) in enumerate(split(sizes.rounds, sizes.processes)):
-            jobs = [({"kind": "main"}, "main")]
+            jobs: list[tuple[dict[str, Any], str]] = [({"kind": "main"}, "main")]
             jobs += [
                 ({"kind": "instr", "instrumentation": i.name}, i.name)
                 for i in wanted
@@ -384,10 +384,15 @@ def measure(sizes: Sizes, mode: str, out: Out, *, instr: bool) -> Results:
 def profile(url: str, calls: int, top: int = 16) -> list[str]:
     """cProfile (b) and (a) in this process (a `main` worker's state): what sdkguard adds."""
     worker = Worker({"kind": "main", "url": url, "calls": calls})
+
+    def calls_in_a_row() -> None:
+        for _ in range(calls):
+            worker.call()
+
     profiles = {}
     for variant in (GUARDED, SDK):
         worker.switch(variant)
-        profiles[variant] = cprofile(lambda: [worker.call() for _ in range(calls)])
+        profiles[variant] = cprofile(calls_in_a_row)
     worker.switch(SDK)
     worker.tracer_provider.shutdown()
     worker.meter_provider.shutdown()
