@@ -18,6 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.patches import Patch
 
 SILENT, WAIT, CONTENT, OPEN, ERROR = "#b8b8b8", "#f0a030", "#2e9e50", "#6b8fd6", "#d03030"
+BOLD: dict[str, Any] = {"fontsize": 9.5, "fontweight": "bold"}
 ROWS = (("guarded", "with sdkguard"), ("plain", "plain SDK"))
 
 
@@ -27,6 +28,13 @@ def _first(timeline: list[tuple[float, str]], prefix: str) -> float | None:
 
 def _bar(ax: Axes, y: float, start: float, end: float, color: str, **style: Any) -> None:
     ax.broken_barh([(start, max(end - start, 0.0))], (y - 0.28, 0.56), color=color, **style)
+
+
+def _note(
+    ax: Axes, text: str, at: tuple[float, float], offset: tuple[float, float], **style: Any
+) -> None:
+    """Text placed `offset` points away from the data point `at`."""
+    ax.annotate(text, at, xytext=offset, textcoords="offset points", **{"fontsize": 9, **style})
 
 
 def _row(ax: Axes, y: float, timeline: list[tuple[float, str]], xmax: float, limit: str) -> None:
@@ -51,67 +59,65 @@ def _row(ax: Axes, y: float, timeline: list[tuple[float, str]], xmax: float, lim
         at, what = raised
         ax.plot([at], [y], marker="X", color=ERROR, markersize=13, zorder=3)
         name = what.removeprefix("raised ").rsplit(".", 1)[-1]
-        ax.annotate(
+        _note(
+            ax,
             f"raises {name} at {at * 1e3:.0f} ms: the call is lost",
             (at, y),
-            xytext=(12, -4),
-            textcoords="offset points",
+            (12, -4),
             color=ERROR,
-            fontsize=9.5,
-            fontweight="bold",
+            **BOLD,
         )
         return
     if waiting is not None:
         _bar(ax, y, last_event, xmax * 1.05, SILENT, hatch="//", edgecolor="#d8d8d8")
-        ax.annotate(
+        _note(
+            ax,
             "silent connection: still waiting (600 s per read, every ping restarts it)",
             (xmax * 0.03, y),
-            xytext=(0, -3),
-            textcoords="offset points",
+            (0, -3),
             fontsize=9.5,
         )
         return
     if decided is not None and sent is not None:
         if decided - last_event > tiny:  # a stall: silence until the idle limit
             _bar(ax, y, last_event, decided, SILENT, hatch="//", edgecolor="#d8d8d8")
-            ax.annotate(
-                f"silence until the stall is detected ({limit})",
+            _note(
+                ax,
+                f"silent, then stalled ({limit})",
                 (last_event + (decided - last_event) / 2, y),
-                xytext=(0, -3),
-                textcoords="offset points",
+                (0, -3),
                 ha="center",
                 fontsize=9,
             )
         else:
-            ax.annotate(
+            _note(
+                ax,
                 f"reset after {decided * 1e3:.0f} ms",
                 (decided, y),
-                xytext=(0, 11),
-                textcoords="offset points",
+                (0, 11),
                 ha="left",
                 fontsize=9,
             )
         ax.plot([decided], [y], marker="|", color=ERROR, markersize=18, markeredgewidth=2.5)
         _bar(ax, y, decided, sent, WAIT)
-        ax.annotate(
+        _note(
+            ax,
             f"backoff {sent - decided:.1f} s",
             (decided + (sent - decided) / 2, y),
-            xytext=(0, -3),
-            textcoords="offset points",
+            (0, -3),
             ha="center",
             fontsize=9,
         )
     if content is not None and complete is not None:
         _bar(ax, y, content, max(complete, content + tiny), CONTENT)
         ax.plot([complete], [y], marker="o", color=CONTENT, markersize=8, zorder=3)
-        ax.annotate(
+        _note(
+            ax,
             f"one clean message at {content:.2f} s",
             (complete, y),
-            xytext=(9, -4),
-            textcoords="offset points",
+            (9, -4),
             color=CONTENT,
-            fontsize=9.5,
-            fontweight="bold",
+            **BOLD,
         )
 
 

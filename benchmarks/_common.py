@@ -23,9 +23,10 @@ import pstats
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -478,6 +479,48 @@ def code_block(text: str) -> str:
     return f"```\n{text.rstrip()}\n```"
 
 
+@dataclass
+class Results:
+    """What every benchmark script measures, reports and writes with --json (subclassed with
+    each script's samples and figures, every field with a default)."""
+
+    mode: str
+    """`full` or `quick`."""
+    sizes: Any
+    machine: dict[str, Any]
+    seconds: float = 0.0
+    headlines: list[Headline] = field(default_factory=list)
+    profile: list[str] = field(default_factory=list)
+    """When a goal is missed: the summarized profile that shows why."""
+    markdown: str = ""
+    """This script's section of RESULTS.md."""
+
+
+R = TypeVar("R", bound=Results)
+
+
+def begin(cls: type[R], title: str, sizes: Any, mode: str, out: Out) -> R:
+    """A script's results, the machine recorded, and the first lines of its report."""
+    results = cls(mode=mode, sizes=sizes, machine=machine_info())
+    out(f"{title} ({mode})\nmachine: {machine_line(results.machine)}")
+    return results
+
+
+def finish(results: R, started: float, markdown: Callable[[R], str]) -> R:
+    """The load after the run, how long it took, and the RESULTS.md section."""
+    results.machine["load_after"] = loadavg()
+    results.seconds = time.perf_counter() - started
+    results.markdown = markdown(results)
+    return results
+
+
+def profile_section(intro: str, lines: Sequence[str]) -> list[str]:
+    """A RESULTS.md paragraph with a summarized profile, or none when there is no profile."""
+    if not lines:
+        return []
+    return [f"**Profile** (the goal is not met): {intro}\n\n" + code_block("\n".join(lines))]
+
+
 # --- the command line -----------------------------------------------------------------------
 
 
@@ -524,3 +567,25 @@ def run_main(
         out(f"--check: goal not met: {', '.join(missed)}")
         return 1
     return 0
+
+
+def simple_main(
+    argv: Sequence[str] | None,
+    prog: str,
+    description: str,
+    timeout: tuple[float, float],
+    sizes: tuple[Any, Any],
+    measure: Callable[[Any, str, Out], Any],
+    report: Callable[[Any, Out], None],
+    worker: Callable[[dict[str, Any]], object] | None = None,
+) -> int:
+    """The command line of a script with only the common options: `sizes` is (full, quick);
+    `worker`, if any, runs a client process's job and returns its result."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_common_args(parser, timeout)
+    args = parser.parse_args(argv)
+    if args.worker and worker is not None:
+        report_result(worker(json.loads(args.worker)))
+        return 0
+    mode = "quick" if args.quick else "full"
+    return run_main(args, timeout, lambda: measure(sizes[args.quick], mode, out), report)

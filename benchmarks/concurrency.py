@@ -20,10 +20,8 @@ every 5 ms.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
-import json
 import statistics
 import sys
 import time
@@ -32,28 +30,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _common as common
 from _common import (
     MESSAGE,
     Headline,
     Out,
     ServerProcess,
     Verdict,
-    add_common_args,
-    code_block,
+    begin,
     cprofile,
-    loadavg,
-    machine_info,
-    machine_line,
+    finish,
     make_async_client,
     md_table,
-    out,
     profile_difference,
+    profile_section,
     ratio,
-    report_result,
     rotated,
-    run_main,
     run_worker,
     set_guard,
+    simple_main,
     status_cell,
 )
 
@@ -160,25 +155,17 @@ async def _sample(job: dict[str, Any]) -> dict[str, float]:
 
 
 @dataclass
-class Results:
-    mode: str
-    sizes: Sizes
-    machine: dict[str, Any]
+class Results(common.Results):
     samples: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     """variant -> one sample (a fresh process) per round."""
     figures: dict[str, Any] = field(default_factory=dict)
     goal: Verdict | None = None
-    seconds: float = 0.0
-    headlines: list[Headline] = field(default_factory=list)
-    profile: list[str] = field(default_factory=list)
-    """When the goal is missed: what the guarded batch calls more, summarized from cProfile."""
     markdown: str = ""
 
 
 def measure(sizes: Sizes, mode: str, out: Out) -> Results:
     started = time.perf_counter()
-    results = Results(mode=mode, sizes=sizes, machine=machine_info())
-    out(f"concurrency benchmark ({mode})\nmachine: {machine_line(results.machine)}")
+    results = begin(Results, "concurrency benchmark", sizes, mode, out)
     out(
         f"{sizes.streams} concurrent async streams of {sizes.deltas} deltas, "
         f"{sizes.rounds} rounds, a fresh client process per sample"
@@ -203,10 +190,7 @@ def measure(sizes: Sizes, mode: str, out: Out) -> Results:
             results.profile = profile(server.urls["streams"], min(sizes.streams, PROFILE_STREAMS))
     finally:
         server.close()
-    results.machine["load_after"] = loadavg()
-    results.seconds = time.perf_counter() - started
-    results.markdown = markdown(results)
-    return results
+    return finish(results, started, markdown)
 
 
 PROFILE_STREAMS = 200
@@ -333,16 +317,12 @@ def markdown(results: Results) -> str:
             f"{'no' if f['no_thread_per_stream'] else '**a**'} thread per stream. Peak RSS "
             f"{f['hwm_mb_added']:+.1f} MB ({f['hwm_kb_added_per_stream']:+.2f} kB per open "
             "stream, everything included).",
+            *profile_section(
+                f"{PROFILE_STREAMS} concurrent streams, guarded against plain, in one process, "
+                "cProfile:",
+                results.profile,
+            ),
         ]
-        + (
-            [
-                f"**Profile** (the goal is not met): {PROFILE_STREAMS} concurrent streams, "
-                "guarded against plain, in one process, cProfile:\n\n"
-                + code_block("\n".join(results.profile))
-            ]
-            if results.profile
-            else []
-        )
     )
 
 
@@ -350,18 +330,16 @@ def markdown(results: Results) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="benchmarks/concurrency.py",
-        description="1,000 concurrent async streams, guarded vs plain, over loopback.",
+    return simple_main(
+        argv,
+        "benchmarks/concurrency.py",
+        "1,000 concurrent async streams, guarded vs plain, over loopback.",
+        TIMEOUT,
+        (FULL, QUICK),
+        measure,
+        report,
+        worker=lambda job: asyncio.run(_sample(job)),
     )
-    add_common_args(parser, TIMEOUT)
-    args = parser.parse_args(argv)
-    if args.worker:
-        report_result(asyncio.run(_sample(json.loads(args.worker))))
-        return 0
-    sizes = QUICK if args.quick else FULL
-    mode = "quick" if args.quick else "full"
-    return run_main(args, TIMEOUT, lambda: measure(sizes, mode, out), report)
 
 
 if __name__ == "__main__":

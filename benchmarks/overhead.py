@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _common as common
 import anthropic
 import stamina
 import tenacity
@@ -58,12 +59,11 @@ from _common import (
     Stats,
     Verdict,
     add_common_args,
+    begin,
     code_block,
     cprofile,
     difference,
-    loadavg,
-    machine_info,
-    machine_line,
+    finish,
     make_client,
     md_table,
     out,
@@ -128,7 +128,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    deltas=20_000, rounds=12, call_rounds=60, calls=50, streams=200, memory_rounds=6, processes=3
+    deltas=20_000, rounds=12, call_rounds=40, calls=50, streams=200, memory_rounds=6, processes=3
 )
 QUICK = Sizes(
     deltas=300, rounds=3, call_rounds=3, calls=10, streams=10, memory_rounds=2, processes=1
@@ -244,22 +244,16 @@ def open_streams(create: Create, n: int) -> float:
 
 
 @dataclass
-class Results:
-    mode: str
-    sizes: Sizes
-    machine: dict[str, Any]
-    policy: dict[str, str]
+class Results(common.Results):
+    policy: dict[str, str] = field(default_factory=dict)
     """Policy fields that differ from the defaults (from SDKGUARD_* variables)."""
     samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     """measure -> variant -> one value per round (seconds, or bytes per stream)."""
     figures: dict[str, Any] = field(default_factory=dict)
     goals: list[Verdict] = field(default_factory=list)
     disabled_negligible: list[Verdict] = field(default_factory=list)
-    seconds: float = 0.0
-    headlines: list[Headline] = field(default_factory=list)
     profiles: dict[str, list[str]] = field(default_factory=dict)
     """`stream`, `call`, `memory` -> a summarized profile, when a goal of that figure is missed."""
-    markdown: str = ""
 
 
 MEASURES = {
@@ -274,13 +268,9 @@ MEASURES = {
 def measure(sizes: Sizes, mode: str, out: Out) -> Results:
     started = time.perf_counter()
     policy = sdkguard.Policy.from_env()  # what a bare `sdkguard.install()` uses
-    results = Results(
-        mode=mode,
-        sizes=sizes,
-        machine=machine_info(),
-        policy=policy_changes(policy),
-        samples={key: {name: [] for name in names} for key, names in MEASURES.items()},
-    )
+    results = begin(Results, "sdkguard overhead benchmark", sizes, mode, out)
+    results.policy = policy_changes(policy)
+    results.samples = {key: {name: [] for name in names} for key, names in MEASURES.items()}
     samples = results.samples
     server = ServerProcess(servers(sizes.deltas))
     try:
@@ -329,10 +319,7 @@ def measure(sizes: Sizes, mode: str, out: Out) -> Results:
     finally:
         sdkguard.uninstall()
         server.close()
-    results.machine["load_after"] = loadavg()
-    results.seconds = time.perf_counter() - started
-    results.markdown = markdown(results)
-    return results
+    return finish(results, started, markdown)
 
 
 def explain(results: Results, server: ServerProcess, policy: sdkguard.Policy, out: Out) -> None:
@@ -549,8 +536,6 @@ def derive(results: Results) -> None:
 
 def header(results: Results, out: Out) -> None:
     m = results.machine
-    out(f"sdkguard overhead benchmark ({results.mode})")
-    out(f"machine:  {machine_line(m)}")
     load, cpus = m["load_before"], m["cpus_usable"] or m["cpus"] or 1
     if load and load[0] > max(cpus - 1, 0.5):
         out(
@@ -911,7 +896,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--rounds", type=int, help="rounds of the stream measurement (full: 12, at least 11)"
     )
     parser.add_argument("--deltas", type=int, help="override the stream length (full: 20,000)")
-    parser.add_argument("--call-rounds", type=int, help="override create() rounds (full: 60)")
+    parser.add_argument("--call-rounds", type=int, help="override create() rounds (full: 40)")
     parser.add_argument("--calls", type=int, help="override calls per block (full: 50)")
     parser.add_argument("--streams", type=int, help="override open streams (full: 200)")
     parser.add_argument(

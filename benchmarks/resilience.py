@@ -29,7 +29,6 @@ samples are quick; the waits are subtracted exactly as sdkguard reported them.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import logging
 import statistics
@@ -39,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import _common as common
 import anthropic
 from _common import (
     MESSAGE,
@@ -46,17 +46,14 @@ from _common import (
     Out,
     ServerProcess,
     Verdict,
-    add_common_args,
+    begin,
     difference,
-    loadavg,
-    machine_info,
-    machine_line,
+    finish,
     make_client,
     md_table,
-    out,
     rotated,
-    run_main,
     set_guard,
+    simple_main,
     status_cell,
 )
 
@@ -265,10 +262,7 @@ def timelines(server: ServerProcess, sizes: Sizes) -> dict[str, dict[str, Timeli
 
 
 @dataclass
-class Results:
-    mode: str
-    sizes: Sizes
-    machine: dict[str, Any]
+class Results(common.Results):
     stall: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     """limit (as text) -> one sample per round."""
     recovery: dict[str, list[dict[str, float]]] = field(default_factory=dict)
@@ -276,15 +270,12 @@ class Results:
     timelines: dict[str, dict[str, Timeline]] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
     goals: list[Verdict] = field(default_factory=list)
-    seconds: float = 0.0
-    headlines: list[Headline] = field(default_factory=list)
     markdown: str = ""
 
 
 def measure(sizes: Sizes, mode: str, out: Out) -> Results:
     started = time.perf_counter()
-    results = Results(mode=mode, sizes=sizes, machine=machine_info())
-    out(f"resilience benchmark ({mode})\nmachine: {machine_line(results.machine)}")
+    results = begin(Results, "resilience benchmark", sizes, mode, out)
     server = ServerProcess({FAULTS: "ok"})
     try:
         out(f"\n[1/3] stall detection: idle limits {sizes.limits} s x {sizes.stall_rounds} rounds")
@@ -312,11 +303,8 @@ def measure(sizes: Sizes, mode: str, out: Out) -> Results:
     finally:
         sdkguard.uninstall()
         server.close()
-    results.machine["load_after"] = loadavg()
-    results.seconds = time.perf_counter() - started
     derive(results)
-    results.markdown = markdown(results)
-    return results
+    return finish(results, started, markdown)
 
 
 def _absolute(goal: str, limit: float, values: Sequence[float]) -> Verdict:
@@ -491,15 +479,15 @@ def markdown(results: Results) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="benchmarks/resilience.py",
-        description="How fast sdkguard detects a stall and recovers from a reset, over loopback.",
+    return simple_main(
+        argv,
+        "benchmarks/resilience.py",
+        "How fast sdkguard detects a stall and recovers from a reset, over loopback.",
+        TIMEOUT,
+        (FULL, QUICK),
+        measure,
+        report,
     )
-    add_common_args(parser, TIMEOUT)
-    args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
-    mode = "quick" if args.quick else "full"
-    return run_main(args, TIMEOUT, lambda: measure(sizes, mode, out), report)
 
 
 if __name__ == "__main__":

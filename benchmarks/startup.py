@@ -23,7 +23,6 @@ per round and the round's median kept.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import shutil
@@ -37,20 +36,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _common as common
 from _common import (
     ROOT,
     Headline,
     Out,
-    add_common_args,
-    code_block,
+    begin,
     difference,
-    loadavg,
-    machine_info,
-    machine_line,
+    finish,
     md_table,
-    out,
+    profile_section,
     rotated,
-    run_main,
+    simple_main,
     status_cell,
 )
 
@@ -159,28 +156,20 @@ def sign_test(differences: Sequence[float]) -> float:
 
 
 @dataclass
-class Results:
-    mode: str
-    sizes: Sizes
-    machine: dict[str, Any]
+class Results(common.Results):
     install: list[float] = field(default_factory=list)
     """Seconds per sample."""
     install_import: list[float] = field(default_factory=list)
     """The part of it `import sdkguard` took."""
-    profile: list[str] = field(default_factory=list)
-    """When the goal is missed: the modules the import loads, from `-X importtime`."""
     start: dict[str, list[float]] = field(default_factory=dict)
     """variant -> the median start of each round, seconds."""
     figures: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-    headlines: list[Headline] = field(default_factory=list)
     markdown: str = ""
 
 
 def measure(sizes: Sizes, mode: str, out: Out) -> Results:
     started = time.perf_counter()
-    results = Results(mode=mode, sizes=sizes, machine=machine_info())
-    out(f"start-up benchmark ({mode})\nmachine: {machine_line(results.machine)}")
+    results = begin(Results, "start-up benchmark", sizes, mode, out)
     out(
         f"\n[1/2] import sdkguard; install() after import anthropic: "
         f"{sizes.install_samples} fresh interpreters"
@@ -206,14 +195,11 @@ def measure(sizes: Sizes, mode: str, out: Out) -> Results:
                 results.start.setdefault(variant, []).append(statistics.median(starts))
             cells = "  ".join(f"{v} {s[-1] * 1e3:.2f} ms" for v, s in results.start.items())
             out(f"  round {r + 1:2d}/{sizes.rounds}: {cells}")
-    results.machine["load_after"] = loadavg()
     derive(results)
     if not results.figures["install_met"]:
         out("\nprofiling the import: the goal is not met ...")
         results.profile = import_profile()
-    results.seconds = time.perf_counter() - started
-    results.markdown = markdown(results)
-    return results
+    return finish(results, started, markdown)
 
 
 def derive(results: Results) -> None:
@@ -308,14 +294,9 @@ def markdown(results: Results) -> str:
             f"{i['min']:.1f}, max {i['max']:.1f}), of which `import sdkguard` "
             f"{i['import_median']:.1f} ms; goal <= 20 ms: "
             f"{status_cell('met' if f['install_met'] else 'not met')}.",
-            *(
-                [
-                    "**Profile** (the goal is not met): `python -X importtime`, the modules "
-                    "loaded after `anthropic`, by their own time:\n\n"
-                    + code_block("\n".join(results.profile))
-                ]
-                if results.profile
-                else []
+            *profile_section(
+                "`python -X importtime`, the modules loaded after `anthropic`, by their own time:",
+                results.profile,
             ),
             f"Interpreter start (`python -c pass`) in two throwaway virtual environments that "
             f"differ only by sdkguard's startup files; {s.rounds} rounds x {s.launches} starts "
@@ -329,14 +310,15 @@ def markdown(results: Results) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="benchmarks/startup.py", description="What sdkguard costs at start-up."
+    return simple_main(
+        argv,
+        "benchmarks/startup.py",
+        "What sdkguard costs at start-up.",
+        TIMEOUT,
+        (FULL, QUICK),
+        measure,
+        report,
     )
-    add_common_args(parser, TIMEOUT)
-    args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
-    mode = "quick" if args.quick else "full"
-    return run_main(args, TIMEOUT, lambda: measure(sizes, mode, out), report)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _common as common
 import anthropic
 from _common import (
     MESSAGE,
@@ -58,17 +59,17 @@ from _common import (
     ServerProcess,
     Verdict,
     add_common_args,
-    code_block,
+    begin,
     cprofile,
     difference,
-    loadavg,
-    machine_info,
+    finish,
     machine_line,
     make_client,
     md_table,
     out,
     policy_changes,
     profile_difference,
+    profile_section,
     ratio,
     rotated,
     run_main,
@@ -137,7 +138,7 @@ class Sizes:
     """Untimed calls per variant when a process starts."""
 
 
-FULL = Sizes(rounds=40, calls=50, processes=2, warmup=30)
+FULL = Sizes(rounds=30, calls=50, processes=2, warmup=30)
 QUICK = Sizes(rounds=2, calls=5, processes=1, warmup=3)
 
 
@@ -280,11 +281,8 @@ class WorkerProcess(LineProcess):
 
 
 @dataclass
-class Results:
-    mode: str
-    sizes: Sizes
-    machine: dict[str, Any]
-    policy: dict[str, str]
+class Results(common.Results):
+    policy: dict[str, str] = field(default_factory=dict)
     """Policy fields of variant (b) that differ from the defaults (SDKGUARD_* variables)."""
     versions: dict[str, dict[str, str]] = field(default_factory=dict)
     """Per client process kind: the versions it runs."""
@@ -295,10 +293,6 @@ class Results:
     figures: dict[str, Any] = field(default_factory=dict)
     goal: Verdict | None = None
     less_than_every_instrumentation: bool = False
-    profile: list[str] = field(default_factory=list)
-    """When the goal is missed: what (b) calls more than (a), summarized from cProfile."""
-    seconds: float = 0.0
-    headlines: list[Headline] = field(default_factory=list)
     markdown: str = ""
 
 
@@ -311,12 +305,8 @@ def key_of(worker_index: int, variant: str, names: Sequence[str]) -> str:
 
 def measure(sizes: Sizes, mode: str, out: Out, *, instr: bool) -> Results:
     started = time.perf_counter()
-    results = Results(
-        mode=mode,
-        sizes=sizes,
-        machine=machine_info(),
-        policy=policy_changes(sdkguard.Policy.from_env()),
-    )
+    results = begin(Results, "sdkguard with OpenTelemetry tracing", sizes, mode, out)
+    results.policy = policy_changes(sdkguard.Policy.from_env())
     wanted = INSTRUMENTATIONS if instr else ()
     if not instr:
         out("skipped the third-party instrumentations: --no-instr")
@@ -375,10 +365,7 @@ def measure(sizes: Sizes, mode: str, out: Out, *, instr: bool) -> Results:
             results.profile = profile(server.urls["small"], sizes.calls * 10)
     finally:
         server.close()
-    results.machine["load_after"] = loadavg()
-    results.seconds = time.perf_counter() - started
-    results.markdown = markdown(results)
-    return results
+    return finish(results, started, markdown)
 
 
 def profile(url: str, calls: int, top: int = 16) -> list[str]:
@@ -588,14 +575,7 @@ def markdown(results: Results) -> str:
             f"{'yes' if results.less_than_every_instrumentation else '**no**'}.",
         ]
         + ([f"Not measured: {', '.join(results.skipped)}."] if results.skipped else [])
-        + (
-            [
-                "**Profile** (the goal is not met): (b) against (a) in one process, cProfile:\n\n"
-                + code_block("\n".join(results.profile))
-            ]
-            if results.profile
-            else []
-        )
+        + profile_section("(b) against (a) in one process, cProfile:", results.profile)
     )
 
 
@@ -609,7 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "third-party Anthropic instrumentations', over loopback.",
     )
     add_common_args(parser, TIMEOUT)
-    parser.add_argument("--rounds", type=int, help="rounds (full: 40; keep it at 11 or more)")
+    parser.add_argument("--rounds", type=int, help="rounds (full: 30; keep it at 11 or more)")
     parser.add_argument("--calls", type=int, help="calls per timed run (full: 50)")
     parser.add_argument("--processes", type=int, help="sets of client processes (full: 2)")
     parser.add_argument(
