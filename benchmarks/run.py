@@ -1,4 +1,5 @@
-"""Run every benchmark and write benchmarks/RESULTS.md and the chart (`make bench`).
+"""Run every benchmark and write benchmarks/RESULTS.md, the chart, and the README's headline
+figures (`make bench`).
 
     .venv/bin/python benchmarks/run.py                          # everything, ~12 minutes
     .venv/bin/python benchmarks/run.py --quick --out /tmp/b     # smoke run (make bench-smoke)
@@ -93,6 +94,39 @@ def results_md(found: dict[str, dict[str, Any]]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+README = HERE.parent / "README.md"
+README_START, README_END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+
+
+def readme_block(found: dict[str, dict[str, Any]]) -> str:
+    """The headline figures for the README's benchmark section (between its markers)."""
+    headlines = {h["figure"]: h for data in found.values() for h in data["headlines"]}
+    rows = [
+        [h["figure"], h["goal"], h["result"], status_cell(h["status"])]
+        for h in (headlines[name] for name in FIGURES if name in headlines)
+    ]
+    machine = next(iter(found.values()))["machine"]
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    return "\n\n".join(
+        [
+            README_START,
+            f"Last run {when}: {machine['cpus']} CPUs, load average {machine['load_before'][0]} "
+            f"at the start; {machine['python']}, anthropic {machine['anthropic']}.",
+            md_table(["figure", "goal", "result", "verdict"], rows),
+            README_END,
+        ]
+    )
+
+
+def update_readme(found: dict[str, dict[str, Any]]) -> None:
+    """Rewrite the README's block of headline figures, if it has the markers."""
+    text = README.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return
+    README.write_text(text[:start] + readme_block(found) + text[end + len(README_END) :])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="every benchmark at tiny sizes")
@@ -123,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "resilience" in found:
         render(found["resilience"]["timelines"], found["resilience"]["sizes"], args.out / CHART)
     (args.out / "RESULTS.md").write_text(results_md(found))
+    if args.out.resolve() == HERE and not args.quick:
+        update_readme(found)
     print(f"\nwrote {args.out / 'RESULTS.md'} and {args.out / CHART} after {seconds / 60:.1f} min")
     return 0
 
