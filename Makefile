@@ -37,7 +37,8 @@ $(BENCH_STAMP): $(STAMP)
 sdk-suite: $(STAMP)
 	$(BIN)/python tools/sdk_suite.py
 
-# Every benchmark; writes benchmarks/RESULTS.md and benchmarks/timeline.png (about 12 minutes).
+# Every benchmark; writes benchmarks/RESULTS.md, benchmarks/timeline.png and the README's
+# headline figures (about 10 minutes on a quiet machine, 20 on a heavily loaded one).
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run.py
 

@@ -504,7 +504,7 @@ def derive(results: Results) -> None:
             "stream overhead",
             f"{results.sizes.deltas:,}-event stream, guarded / plain (CPU)",
             "<= 1.02",
-            f"x{stream_goal.value:.3f} ({per_event:+.2f} us/event)",
+            f"x{stream_goal.value:.4f} ({per_event:+.2f} us/event)",
             stream_goal.status,
         ),
         Headline(

@@ -1,7 +1,7 @@
 """Run every benchmark and write benchmarks/RESULTS.md, the chart, and the README's headline
 figures (`make bench`).
 
-    .venv/bin/python benchmarks/run.py                          # everything, ~12 minutes
+    .venv/bin/python benchmarks/run.py                          # everything, 10 to 20 minutes
     .venv/bin/python benchmarks/run.py --quick --out /tmp/b     # smoke run (make bench-smoke)
     .venv/bin/python benchmarks/run.py --only tracing           # re-run one, keep the others
     .venv/bin/python benchmarks/run.py --report                 # rebuild from results/ only
