@@ -1,23 +1,23 @@
-"""The fake Anthropic servers of `overhead.py`, in a process of their own.
+"""The fake Anthropic servers of the benchmarks, in a process of their own.
 
-    python benchmarks/_server_process.py --deltas 20000
+    python benchmarks/_server_process.py --server stream=ok:20000 --server small=ok
 
-Starts three `FakeAnthropic` servers on 127.0.0.1 and prints one JSON line with their URLs:
+Starts one `FakeAnthropic` on 127.0.0.1 per `--server NAME=ANSWER` and prints one JSON line
+with their URLs. ANSWER is what every Messages request gets (the server's default), written
+as for `python -m sdkguard.testing serve --fault` (`reset_after:3`, `stall_after:0,0.02`,
+...), plus `ok:N`: one text block in N `text_delta` events.
 
-- `stream`: every Messages request gets one text block in `--deltas` `text_delta` events
-  (as a non-streaming `Message` too, but the benchmark only streams from it);
-- `small`: every Messages request gets the default short reply (three deltas);
-- `memory`: the same short reply, its body sent `--memory-body-delay` seconds after its
-  headers (`stall_after(0, delay)`), so that a client can hold many streams open whose
-  bodies have all arrived before it reads them.
+Then it reads commands, one per line, from stdin, and answers `ok` to each:
 
-Then it reads commands, one per line, from stdin: `clear` forgets what the servers recorded
-(every event of every stream is kept otherwise: about 1.3 MB per 20,000-event stream) and
-answers `ok`; end of file (the benchmark ended, or died) stops the servers and the process.
-A process of its own: the server threads never compete with the client for the GIL.
+- `clear`: forget what the servers recorded (every event of every stream is kept otherwise:
+  about 1.3 MB per 20,000-event stream);
+- `script NAME ANSWER [ANSWER ...]`: the next requests to server NAME get these answers, in
+  order, then its default again;
+- end of file (the benchmark ended, or died): stop the servers and exit.
 
-The command-line `python -m sdkguard.testing serve` cannot build a reply with 20,000 deltas,
-hence this helper.
+A process of its own: the server threads never compete with the client for the GIL. The
+command-line `python -m sdkguard.testing serve` cannot build a reply with 20,000 deltas and
+takes no commands, hence this helper.
 """
 
 from __future__ import annotations
@@ -29,6 +29,17 @@ import sys
 from collections.abc import Sequence
 
 from sdkguard.testing import FakeAnthropic, faults
+from sdkguard.testing.__main__ import parse_fault
+from sdkguard.testing.faults import Answer
+
+
+def parse_answer(spec: str) -> Answer:
+    """`ok:N` (one text block in N deltas), or any fault spec of `sdkguard.testing serve`."""
+    name, _, count = spec.partition(":")
+    if name == "ok" and count:
+        deltas = int(count)
+        return faults.ok(faults.text("x" * deltas, deltas=deltas))
+    return parse_fault(spec)
 
 
 def _clear(server: FakeAnthropic) -> None:
@@ -40,28 +51,32 @@ def _clear(server: FakeAnthropic) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--deltas", type=int, default=20_000, help="deltas of the long stream")
     parser.add_argument(
-        "--memory-body-delay", type=float, default=0.02, help="seconds (the memory server)"
+        "--server",
+        action="append",
+        default=[],
+        metavar="NAME=ANSWER",
+        help="a server and what it answers by default (repeatable)",
     )
     args = parser.parse_args(argv)
-    long_reply = faults.ok(faults.text("x" * args.deltas, deltas=args.deltas))
-    servers = {name: FakeAnthropic(host="127.0.0.1") for name in ("stream", "small", "memory")}
+    defaults = dict(spec.split("=", 1) for spec in args.server)
+    servers = {name: FakeAnthropic(host="127.0.0.1") for name in defaults}
     with contextlib.ExitStack() as stack:
-        for server in servers.values():
+        for name, server in servers.items():
             stack.enter_context(server)
-        servers["stream"].default(long_reply)
-        servers["small"].default(faults.ok())
-        servers["memory"].default(faults.stall_after(0, args.memory_body_delay))
+            server.default(parse_answer(defaults[name]))
         print(json.dumps({name: server.url for name, server in servers.items()}), flush=True)
         for line in sys.stdin:
-            command = line.strip()
+            command, *words = line.split()
             if command == "clear":
                 for server in servers.values():
                     _clear(server)
-                print("ok", flush=True)
-            elif command:
-                print(f"error: unknown command {command!r}", flush=True)
+            elif command == "script" and words and words[0] in servers:
+                servers[words[0]].script(*(parse_answer(spec) for spec in words[1:]))
+            else:
+                print(f"error: unknown command {line.strip()!r}", flush=True)
+                continue
+            print("ok", flush=True)
     return 0
 
 

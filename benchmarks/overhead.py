@@ -1,98 +1,109 @@
 """What sdkguard costs: guarded vs plain anthropic SDK, over loopback, in one run.
 
-    .venv/bin/python benchmarks/overhead.py            # full size (make bench), ~1.5 minutes
+    .venv/bin/python benchmarks/overhead.py            # full size, about 3 minutes
     .venv/bin/python benchmarks/overhead.py --quick    # smoke run with tiny sizes, seconds
-    .venv/bin/python benchmarks/overhead.py --json out.json --check
+    .venv/bin/python benchmarks/overhead.py --profile call|stream|memory
 
-Three variants of the SAME client object are compared:
+Variants of the SAME client object:
 
-- `plain`: sdkguard NOT installed (`uninstall()` restores the SDK's own `request`): the
+- `plain`: sdkguard NOT installed (`uninstall()` restores the SDK's own methods): the
   baseline every ratio is taken against;
 - `guarded`: `install()` with the default policy (plus any `SDKGUARD_*` variables);
-- `disabled`: installed, inside `with sdkguard.policy(enabled=False)` (should cost nothing).
+- `disabled`: installed, inside `with sdkguard.policy(enabled=False)` (should cost nothing);
+- for the non-streaming call only, what users write by hand instead (sdkguard not
+  installed): `tenacity`, the call under `@tenacity.retry(...)`, and `stamina`, under
+  `@stamina.retry(...)`, both set up like sdkguard's default policy (5 attempts, 1 s to 8 s).
 
-Figures: (1) a long stream (`messages.create(stream=True)`, 20,000 deltas) read to the end,
-guarded / plain time, goal <= 1.02; (2) a non-streaming `messages.create()`, microseconds
-added per call, goal <= 30 us; (3) tracemalloc bytes per open stream whose first content event was
-read, goal <= 2 KB more than plain.
+Figures: (1) a 20,000-delta stream (`messages.create(stream=True)`) read to the end,
+guarded / plain, goal <= 1.02; (2) a non-streaming `messages.create()`, microseconds added per
+call, goal <= 30 us, and (3) guarded against tenacity and stamina, goal: no slower (ratio
+<= 1.00); (4) tracemalloc bytes per open stream whose first content event was read, goal
+<= 2 KB more than plain.
 
-Method: the fake servers run in a separate process (`_server_process.py`), so the server
-threads never take the client's GIL; every round runs the three variants in a rotating order
-(all six orders in turn), with `gc.collect()` before each timed run (the collector stays on
-inside it: the garbage a variant makes is part of its cost); install/uninstall toggles happen
-outside the timed runs. The timed rounds are shared by a few fresh client processes (a
-process's memory layout alone moves its timings by a percent or so). Each timed run records
-wall-clock time and the client process's CPU time. Reported: the ratio (or difference) of
-per-variant minimums and of medians, and the median of the per-round ratios. Goals are judged
-on the per-round median of CPU time, which a busy machine distorts least (the guard adds no
-waiting, only work; pairing within a round cancels load drift); the minimums, the medians
-and the wall-clock figures are printed too.
-`--profile stream|call|memory` shows where the guard's cost comes from. See README.md.
-
-Exit status 0 unless the run itself failed, or `--check` is given and a goal is not met.
+Method (benchmarks/README.md): the fake servers run in a separate process; every round runs
+the variants in an order that rotates and reverses (`_common.rotated`), `gc.collect()` before
+each timed run, install/uninstall outside the timed runs; the timed rounds are shared by a
+few fresh client processes (a process's memory layout alone moves its timings by a percent
+or so). Wall-clock and client CPU time are recorded; goals are judged on the per-round median
+of CPU time (the guard adds work, never waiting, on the success path; pairing within a round
+cancels load drift).
 """
 
 from __future__ import annotations
 
 import argparse
-import cProfile
-import faulthandler
 import gc
-import importlib.metadata
 import io
-import itertools
 import json
 import linecache
-import os
-import platform
 import pstats
-import statistics
-import subprocess
 import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+import _common as common
 import anthropic
-from anthropic import _base_client
+import stamina
+import tenacity
+from _common import (
+    MESSAGE,
+    Comparison,
+    Headline,
+    Out,
+    ServerProcess,
+    Stats,
+    Verdict,
+    add_common_args,
+    begin,
+    code_block,
+    cprofile,
+    difference,
+    finish,
+    make_client,
+    md_table,
+    out,
+    policy_changes,
+    profile_difference,
+    ratio,
+    report_progress,
+    report_result,
+    rotated,
+    run_main,
+    run_worker,
+    set_guard,
+    split,
+    status_cell,
+)
 
 import sdkguard
-from sdkguard._sdk import request_method
 
 HERE = Path(__file__).resolve().parent
-PLAIN, GUARDED, DISABLED = "plain", "guarded", "disabled"
+PLAIN, GUARDED, DISABLED, TENACITY, STAMINA = "plain", "guarded", "disabled", "tenacity", "stamina"
 VARIANTS = (PLAIN, GUARDED, DISABLED)
-ORDERS = list(itertools.permutations(VARIANTS))  # round r runs ORDERS[r % 6]
+CALL_VARIANTS = (PLAIN, GUARDED, DISABLED, TENACITY, STAMINA)
+NAIVE = (TENACITY, STAMINA)
 
-MESSAGE: dict[str, Any] = {
-    "model": "claude-benchmark",
-    "max_tokens": 1024,
-    "messages": [{"role": "user", "content": "Say something long."}],
-}
 # Events a stream of one text block yields to the caller, besides its deltas (pings are not
 # yielded): message_start, content_block_start, content_block_stop, message_delta, message_stop.
 FRAMING_EVENTS = 5
 # The memory server sends each body this long after its headers (see open_streams).
 MEMORY_BODY_DELAY = 0.02
+# What a hand-written retry retries: connection errors and timeouts (APITimeoutError is an
+# APIConnectionError), 429 and 5xx (529 is an InternalServerError).
+RETRYABLE = (anthropic.APIConnectionError, anthropic.RateLimitError, anthropic.InternalServerError)
 
 if sdkguard.is_installed():
     sdkguard.uninstall()
-# The SDK method sdkguard patches (`_request` from 1.14, `request` before), captured before
-# anything is installed: `plain` runs must see it.
-_PATCHED_METHOD = request_method(_base_client.SyncAPIClient)
-_SDK_REQUEST = vars(_base_client.SyncAPIClient)[_PATCHED_METHOD]
-if hasattr(_SDK_REQUEST, "__wrapped__"):
-    raise RuntimeError(
-        f"SyncAPIClient.{_PATCHED_METHOD} is already wrapped: cannot measure the plain SDK"
-    )
 
 # Goals (guarded vs plain) and what counts as negligible for `disabled` vs plain.
 GOAL_STREAM_RATIO = 1.02
 GOAL_CALL_ADDED_US = 30.0
+GOAL_NAIVE_RATIO = 1.0
 GOAL_MEMORY_ADDED_BYTES = 2048.0
 NEGLIGIBLE_STREAM_RATIO = 1.01
 NEGLIGIBLE_CALL_ADDED_US = 5.0
@@ -117,108 +128,53 @@ class Sizes:
 
 
 FULL = Sizes(
-    deltas=20_000, rounds=12, call_rounds=60, calls=50, streams=200, memory_rounds=6, processes=3
+    deltas=20_000, rounds=12, call_rounds=40, calls=50, streams=200, memory_rounds=6, processes=3
 )
 QUICK = Sizes(
     deltas=300, rounds=3, call_rounds=3, calls=10, streams=10, memory_rounds=2, processes=1
 )
 
 
-# --- the server process ---------------------------------------------------------------------
-
-
-class ServerProcess:
-    """`_server_process.py` as a child: two fake servers on 127.0.0.1, URLs read from stdout."""
-
-    def __init__(self, deltas: int) -> None:
-        self._proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(HERE / "_server_process.py"),
-                "--deltas",
-                str(deltas),
-                "--memory-body-delay",
-                str(MEMORY_BODY_DELAY),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        urls = json.loads(self._readline())
-        self.stream_url: str = urls["stream"]
-        self.small_url: str = urls["small"]
-        self.memory_url: str = urls["memory"]
-        for url in (self.stream_url, self.small_url, self.memory_url):
-            if not url.startswith("http://127.0.0.1:"):
-                raise RuntimeError(f"the fake server is not on loopback: {url}")
-
-    @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    def _readline(self) -> str:
-        assert self._proc.stdout is not None
-        line = self._proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the server process ended (exit status {self._proc.poll()})")
-        return line
-
-    def clear(self) -> None:
-        """Make the servers forget what they recorded (outside timed runs)."""
-        assert self._proc.stdin is not None
-        self._proc.stdin.write("clear\n")
-        self._proc.stdin.flush()
-        if self._readline().strip() != "ok":
-            raise RuntimeError("the server process did not acknowledge `clear`")
-
-    def close(self) -> None:
-        if self._proc.stdin is not None:
-            self._proc.stdin.close()  # end of file: the child stops its servers and exits
-        try:
-            self._proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        if self._proc.stdout is not None:
-            self._proc.stdout.close()
-
-
-def make_client(url: str) -> anthropic.Anthropic:
-    # trust_env=False: no proxy from the environment, so requests only ever reach 127.0.0.1.
-    # A finite timeout, so a broken server cannot hang the run.
-    return anthropic.Anthropic(
-        base_url=url,
-        api_key="sk-ant-benchmark-not-a-key",
-        timeout=60.0,
-        http_client=anthropic.DefaultHttpxClient(trust_env=False, timeout=60.0),
-    )
+def servers(deltas: int) -> dict[str, str]:
+    """`stream`: one text block in `deltas` deltas; `small`: the default three-delta reply;
+    `memory`: that reply, its body sent a moment after its headers (see open_streams)."""
+    return {"stream": f"ok:{deltas}", "small": "ok", "memory": f"stall_after:0,{MEMORY_BODY_DELAY}"}
 
 
 # --- the variants ---------------------------------------------------------------------------
 
 
-def sdk_request_is_plain() -> bool:
-    return vars(_base_client.SyncAPIClient)[_PATCHED_METHOD] is _SDK_REQUEST
+Create = Callable[..., Any]
+
+
+def naive_retry(client: anthropic.Anthropic, name: str) -> Create:
+    """`client.messages.create` under a hand-written retry, as users write it: 5 attempts,
+    exponential waits from 1 s to 8 s with jitter, on connection errors, 429 and 5xx."""
+
+    def create(**kwargs: Any) -> Any:
+        return client.messages.create(**kwargs)
+
+    if name == TENACITY:
+        return tenacity.retry(
+            stop=tenacity.stop_after_attempt(5),
+            wait=tenacity.wait_random_exponential(multiplier=1, max=8),
+            retry=tenacity.retry_if_exception_type(RETRYABLE),
+            reraise=True,
+        )(create)
+    return stamina.retry(on=RETRYABLE, attempts=5, wait_initial=1.0, wait_max=8.0)(create)
 
 
 @contextmanager
-def variant(name: str, policy: sdkguard.Policy) -> Iterator[None]:
-    """Put the SDK in the state of variant `name` for the block."""
-    if name == PLAIN:
-        sdkguard.uninstall()
-        if not sdk_request_is_plain():
-            raise RuntimeError("uninstall() did not restore the SDK's own request")
-        yield
-        return
-    sdkguard.install(policy)
-    if sdk_request_is_plain():
-        raise RuntimeError(f"install() did not patch SyncAPIClient.{_PATCHED_METHOD}")
-    if name == DISABLED:
+def variant(name: str, policy: sdkguard.Policy, client: anthropic.Anthropic) -> Iterator[Create]:
+    """Put the SDK in the state of variant `name` for the block; yields its `create`."""
+    set_guard(name in (GUARDED, DISABLED), policy)
+    if name in NAIVE:
+        yield naive_retry(client, name)
+    elif name == DISABLED:
         with sdkguard.policy(enabled=False):
-            yield
+            yield client.messages.create
     else:
-        yield
+        yield client.messages.create
 
 
 # --- one sample of each measurement ---------------------------------------------------------
@@ -230,12 +186,12 @@ class Timing:
     cpu: float
 
 
-def run_stream(client: anthropic.Anthropic, expected: int) -> Timing:
+def run_stream(create: Create, expected: int) -> Timing:
     """One long stream, created and read to the end."""
     gc.collect()
     wall, cpu = time.perf_counter(), time.process_time()
     count = 0
-    with client.messages.create(stream=True, **MESSAGE) as stream:
+    with create(stream=True, **MESSAGE) as stream:
         for _ in stream:
             count += 1
     timing = Timing(time.perf_counter() - wall, time.process_time() - cpu)
@@ -244,17 +200,17 @@ def run_stream(client: anthropic.Anthropic, expected: int) -> Timing:
     return timing
 
 
-def run_calls(client: anthropic.Anthropic, calls: int) -> Timing:
+def run_calls(create: Create, calls: int) -> Timing:
     """A block of `calls` non-streaming calls; per call."""
-    client.messages.create(**MESSAGE)  # untimed: the first call after a toggle
+    create(**MESSAGE)  # untimed: the first call after a toggle
     gc.collect()
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(calls):
-        client.messages.create(**MESSAGE)
+        create(**MESSAGE)
     return Timing((time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls)
 
 
-def open_streams(client: anthropic.Anthropic, n: int) -> float:
+def open_streams(create: Create, n: int) -> float:
     """Bytes tracemalloc sees per stream while `n` streams are open, first content event read.
 
     The memory server sends the body of each reply a moment after its headers, and the
@@ -268,7 +224,7 @@ def open_streams(client: anthropic.Anthropic, n: int) -> float:
     before = tracemalloc.get_traced_memory()[0]
     try:
         for _ in range(n):
-            streams_append(client.messages.create(stream=True, **MESSAGE))
+            streams_append(create(stream=True, **MESSAGE))
         time.sleep(MEMORY_BODY_DELAY * 5)
         for stream in streams:
             # Up to the first content event: the guard holds message_start and
@@ -284,176 +240,40 @@ def open_streams(client: anthropic.Anthropic, n: int) -> float:
     return (after - before) / n
 
 
-# --- statistics -----------------------------------------------------------------------------
-
-
-@dataclass
-class Stats:
-    min: float
-    median: float
-    max: float
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Stats:
-        return cls(min(values), statistics.median(values), max(values))
-
-
-@dataclass
-class Comparison:
-    """Variant `a` against the baseline `b`, as a ratio or a difference."""
-
-    by_min: float
-    """min(a) against min(b)."""
-    by_median: float
-    """median(a) against median(b)."""
-    paired_median: float
-    """Median over rounds of each round's `a` against the same round's `b`."""
-
-
-def ratio(a: Sequence[float], b: Sequence[float]) -> Comparison:
-    return Comparison(
-        min(a) / min(b),
-        statistics.median(a) / statistics.median(b),
-        statistics.median([x / y for x, y in zip(a, b, strict=True)]),
-    )
-
-
-def difference(a: Sequence[float], b: Sequence[float], scale: float = 1.0) -> Comparison:
-    a, b = [x * scale for x in a], [y * scale for y in b]
-    return Comparison(
-        min(a) - min(b),
-        statistics.median(a) - statistics.median(b),
-        statistics.median([x - y for x, y in zip(a, b, strict=True)]),
-    )
-
-
-@dataclass
-class Verdict:
-    goal: str
-    limit: float
-    judged_on: str
-    value: float
-    """The per-round median: each round's variant against the same round's plain run, which
-    cancels the drift of a shared machine's load between rounds."""
-    by_min: float
-    by_median: float
-    status: str
-    """`met` or `not met`, by `value`."""
-    agree: bool
-    """Whether the ratio (or difference) of minimums and of medians fall on the same side."""
-
-    @classmethod
-    def judge(cls, goal: str, limit: float, judged_on: str, comparison: Comparison) -> Verdict:
-        met = comparison.paired_median <= limit
-        agree = all((x <= limit) == met for x in (comparison.by_min, comparison.by_median))
-        return cls(
-            goal,
-            limit,
-            judged_on,
-            comparison.paired_median,
-            comparison.by_min,
-            comparison.by_median,
-            "met" if met else "not met",
-            agree,
-        )
-
-    def line(self, fmt: str) -> str:
-        agreement = "agree" if self.agree else "disagree: within the noise"
-        return (
-            f"{self.goal} <= {fmt.format(self.limit)} ({self.judged_on}): {self.status.upper()}, "
-            f"{fmt.format(self.value)} per-round median (by min {fmt.format(self.by_min)}, "
-            f"by median {fmt.format(self.by_median)}: {agreement})"
-        )
-
-
 # --- the run --------------------------------------------------------------------------------
 
 
 @dataclass
-class Results:
-    mode: str
-    sizes: Sizes
-    machine: dict[str, Any]
-    policy: dict[str, str]
+class Results(common.Results):
+    policy: dict[str, str] = field(default_factory=dict)
     """Policy fields that differ from the defaults (from SDKGUARD_* variables)."""
-    baseline: str
     samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     """measure -> variant -> one value per round (seconds, or bytes per stream)."""
     figures: dict[str, Any] = field(default_factory=dict)
     goals: list[Verdict] = field(default_factory=list)
     disabled_negligible: list[Verdict] = field(default_factory=list)
-    seconds: float = 0.0
+    profiles: dict[str, list[str]] = field(default_factory=dict)
+    """`stream`, `call`, `memory` -> a summarized profile, when a goal of that figure is missed."""
 
 
-MEASURES = ("stream_wall", "stream_cpu", "call_wall", "call_cpu", "memory")
+MEASURES = {
+    "stream_wall": VARIANTS,
+    "stream_cpu": VARIANTS,
+    "call_wall": CALL_VARIANTS,
+    "call_cpu": CALL_VARIANTS,
+    "memory": VARIANTS,
+}
 
 
-def machine_info() -> dict[str, Any]:
-    def version(name: str) -> str:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return "-"
-
-    http_name = "httpx2" if "httpx2" in vars(_base_client) else "httpx"
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "platform": platform.platform(),
-        "processor": _cpu_model() or platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "cpus_usable": affinity,
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "anthropic": anthropic.__version__,
-        "http": f"{http_name} {version(http_name)}",
-        "pydantic": version("pydantic"),
-        "wrapt": version("wrapt"),
-        "sdkguard": sdkguard.__version__,
-        "load_before": _loadavg(),
-    }
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def policy_changes(policy: sdkguard.Policy) -> dict[str, str]:
-    """The fields of `policy` that differ from the defaults."""
-    default = sdkguard.Policy()
-    return {
-        f.name: repr(getattr(policy, f.name))
-        for f in fields(policy)
-        if getattr(policy, f.name) != getattr(default, f.name)
-    }
-
-
-def measure(sizes: Sizes, mode: str, out: Callable[[str], None]) -> Results:
+def measure(sizes: Sizes, mode: str, out: Out) -> Results:
     started = time.perf_counter()
     policy = sdkguard.Policy.from_env()  # what a bare `sdkguard.install()` uses
-    results = Results(
-        mode=mode,
-        sizes=sizes,
-        machine=machine_info(),
-        policy=policy_changes(policy),
-        baseline="plain = sdkguard not installed (uninstall() before every plain run)",
-        samples={key: {name: [] for name in VARIANTS} for key in MEASURES},
-    )
+    results = begin(Results, "sdkguard overhead benchmark", sizes, mode, out)
+    results.policy = policy_changes(policy)
+    results.samples = {key: {name: [] for name in names} for key, names in MEASURES.items()}
     samples = results.samples
-    server = ServerProcess(sizes.deltas)
+    server = ServerProcess(servers(sizes.deltas))
     try:
-        results.machine["server_pid"] = server.pid
         header(results, out)
         for phase, rounds, title in (
             ("stream", sizes.rounds, f"{sizes.deltas:,}-event stream, wall-clock per stream"),
@@ -468,45 +288,68 @@ def measure(sizes: Sizes, mode: str, out: Callable[[str], None]) -> Results:
                 f"{sizes.processes} client process(es) ..."
             )
             for start, stop in split(rounds, sizes.processes):
-                job = WorkerJob(phase, server.stream_url, server.small_url, sizes, start, stop)
-                for key, values in run_worker(job, out).items():
-                    for name in VARIANTS:
-                        samples[key][name].extend(values[name])
+                job = WorkerJob(phase, server.urls, sizes, start, stop)
+                found = run_worker(Path(__file__), asdict(job), out)
+                for key, values in found.items():
+                    for name, value in values.items():
+                        samples[key][name].extend(value)
                 server.clear()
 
         out(
             f"\n[3/3] memory: {sizes.streams} open streams x {sizes.memory_rounds} rounds "
             "(tracemalloc, bytes per stream) ..."
         )
-        client = make_client(server.memory_url)
+        client = make_client(server.urls["memory"])
         tracemalloc.start()
         try:
             for name in VARIANTS:  # warm-up: first-use caches
-                with variant(name, policy):
-                    open_streams(client, min(sizes.streams, 10))
+                with variant(name, policy, client) as create:
+                    open_streams(create, min(sizes.streams, 10))
             for r in range(sizes.memory_rounds):
-                for name in ORDERS[r % len(ORDERS)]:
-                    with variant(name, policy):
-                        samples["memory"][name].append(open_streams(client, sizes.streams))
+                for name in rotated(VARIANTS, r):
+                    with variant(name, policy, client) as create:
+                        samples["memory"][name].append(open_streams(create, sizes.streams))
                 server.clear()
                 out(progress(r, sizes.memory_rounds, samples["memory"], 1.0, "B"))
         finally:
             tracemalloc.stop()
             client.close()
+        derive(results)
+        explain(results, server, policy, out)
     finally:
         sdkguard.uninstall()
         server.close()
-    results.machine["load_after"] = _loadavg()
-    results.seconds = time.perf_counter() - started
-    derive(results)
-    return results
+    return finish(results, started, markdown)
 
 
-def split(rounds: int, parts: int) -> list[tuple[int, int]]:
-    """`range(rounds)` in `parts` consecutive slices, as (start, stop)."""
-    parts = max(1, min(parts, rounds))
-    bounds = [rounds * i // parts for i in range(parts + 1)]
-    return list(itertools.pairwise(bounds))
+def explain(results: Results, server: ServerProcess, policy: sdkguard.Policy, out: Out) -> None:
+    """For each goal missed, the profile that shows where the cost comes from (RESULTS.md)."""
+    missed = {v.goal for v in results.goals if v.status != "met"}
+    wanted = [
+        (what, url)
+        for what, url, goals in (
+            ("stream", "stream", ("stream time",)),
+            ("call", "small", ("create() time",)),
+            ("memory", "memory", ("memory added",)),
+        )
+        if any(goal.startswith(goals) for goal in missed)
+    ]
+    for what, url in wanted:
+        out(f"\nprofiling {what}: a goal is not met ...")
+        client = make_client(server.urls[url])
+        try:
+            if what == "memory":
+                lines: list[str] = []
+                profile_memory(client, policy, results.sizes.streams, lines.append)
+                results.profiles[what] = [line for line in lines if line.strip()][1:]
+            else:
+                results.profiles[what] = profile_time(
+                    client, policy, what, results.sizes, out, top=14, full=False
+                )
+        finally:
+            sdkguard.uninstall()
+            client.close()
+        server.clear()
 
 
 # --- the client processes of the timed measurements -----------------------------------------
@@ -522,59 +365,38 @@ class WorkerJob:
 
     phase: str
     """`stream` or `call`."""
-    stream_url: str
-    small_url: str
+    urls: dict[str, str]
     sizes: Sizes
     start: int
     stop: int
-
-
-def run_worker(job: WorkerJob, out: Callable[[str], None]) -> dict[str, dict[str, list[float]]]:
-    """Run `job` in a fresh interpreter; echo its progress; return its samples."""
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(asdict(job))],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    found: dict[str, dict[str, list[float]]] | None = None
-    with proc.stdout:
-        for line in proc.stdout:
-            kind, _, text = line.rstrip("\n").partition(" ")
-            if kind == "P":
-                out(text)
-            elif kind == "R":
-                found = json.loads(text)
-    if proc.wait() != 0 or found is None:
-        raise RuntimeError(f"the client process failed (exit status {proc.returncode})")
-    return found
 
 
 def worker(job: WorkerJob) -> None:
     """The body of a client process: warm up, then the rounds of `job`; prints P and R lines."""
     sizes = job.sizes
     policy = sdkguard.Policy.from_env()
+    names = VARIANTS if job.phase == "stream" else CALL_VARIANTS
     samples: dict[str, dict[str, list[float]]] = {
-        key: {name: [] for name in VARIANTS} for key in (f"{job.phase}_wall", f"{job.phase}_cpu")
+        key: {name: [] for name in names} for key in (f"{job.phase}_wall", f"{job.phase}_cpu")
     }
     wall, cpu = samples[f"{job.phase}_wall"], samples[f"{job.phase}_cpu"]
     expected = sizes.deltas + FRAMING_EVENTS
-    client = make_client(job.stream_url if job.phase == "stream" else job.small_url)
+    client = make_client(job.urls["stream" if job.phase == "stream" else "small"])
     try:
 
-        def once(calls: int) -> Timing:
+        def once(create: Create, calls: int) -> Timing:
             if job.phase == "stream":
-                return run_stream(client, expected)
-            return run_calls(client, calls)
+                return run_stream(create, expected)
+            return run_calls(create, calls)
 
-        for name in VARIANTS:  # warm-up: connection, imports, caches, specialisation
-            with variant(name, policy):
-                once(5)
+        for name in names:  # warm-up: connection, imports, caches, specialisation
+            with variant(name, policy, client) as create:
+                once(create, 5)
         total = sizes.rounds if job.phase == "stream" else sizes.call_rounds
         for r in range(job.start, job.stop):
-            for name in ORDERS[r % len(ORDERS)]:
-                with variant(name, policy):
-                    timing = once(sizes.calls)
+            for name in rotated(names, r):
+                with variant(name, policy, client) as create:
+                    timing = once(create, sizes.calls)
                 wall[name].append(timing.wall)
                 cpu[name].append(timing.cpu)
             if job.phase == "stream":
@@ -583,23 +405,23 @@ def worker(job: WorkerJob) -> None:
                 line = progress(r, total, wall, 1e6, "us")
             else:
                 continue
-            print("P " + line, flush=True)
+            report_progress(line)
     finally:
         sdkguard.uninstall()
         client.close()
-    print("R " + json.dumps(samples), flush=True)
+    report_result(samples)
 
 
 def progress(r: int, rounds: int, samples: dict[str, list[float]], scale: float, unit: str) -> str:
-    values = "  ".join(f"{name} {samples[name][-1] * scale:9.1f} {unit}" for name in VARIANTS)
-    return f"  round {r + 1:2d}/{rounds}: {values}"
+    values = "  ".join(f"{name} {values[-1] * scale:8.1f}" for name, values in samples.items())
+    return f"  round {r + 1:2d}/{rounds} ({unit}): {values}"
 
 
 def derive(results: Results) -> None:
     s, f = results.samples, results.figures
     events = results.sizes.deltas + FRAMING_EVENTS
-    for key in MEASURES:
-        f[key] = {name: asdict(Stats.of(s[key][name])) for name in VARIANTS}
+    for key, names in MEASURES.items():
+        f[key] = {name: asdict(Stats.of(s[key][name])) for name in names}
     compared: dict[str, Comparison] = {}
     for name in (GUARDED, DISABLED):
         compared[f"stream_wall_ratio_{name}"] = ratio(
@@ -609,6 +431,8 @@ def derive(results: Results) -> None:
         compared[f"stream_cpu_added_us_per_event_{name}"] = difference(
             s["stream_cpu"][name], s["stream_cpu"][PLAIN], 1e6 / events
         )
+        compared[f"memory_added_bytes_{name}"] = difference(s["memory"][name], s["memory"][PLAIN])
+    for name in (GUARDED, DISABLED, *NAIVE):
         for clock in ("wall", "cpu"):
             compared[f"call_{clock}_added_us_{name}"] = difference(
                 s[f"call_{clock}"][name], s[f"call_{clock}"][PLAIN], 1e6
@@ -616,7 +440,11 @@ def derive(results: Results) -> None:
             compared[f"call_{clock}_ratio_{name}"] = ratio(
                 s[f"call_{clock}"][name], s[f"call_{clock}"][PLAIN]
             )
-        compared[f"memory_added_bytes_{name}"] = difference(s["memory"][name], s["memory"][PLAIN])
+    for name in NAIVE:
+        for clock in ("wall", "cpu"):
+            compared[f"call_{clock}_guarded_vs_{name}"] = ratio(
+                s[f"call_{clock}"][GUARDED], s[f"call_{clock}"][name]
+            )
     f.update({key: asdict(value) for key, value in compared.items()})
     results.goals = [
         Verdict.judge(
@@ -630,6 +458,15 @@ def derive(results: Results) -> None:
             GOAL_CALL_ADDED_US,
             "client CPU time",
             compared["call_cpu_added_us_guarded"],
+        ),
+        *(
+            Verdict.judge(
+                f"create() time, guarded/{name}",
+                GOAL_NAIVE_RATIO,
+                "client CPU time",
+                compared[f"call_cpu_guarded_vs_{name}"],
+            )
+            for name in NAIVE
         ),
         Verdict.judge(
             "memory added per open stream, bytes",
@@ -658,71 +495,90 @@ def derive(results: Results) -> None:
             compared["memory_added_bytes_disabled"],
         ),
     ]
+    stream_goal, call_goal, tenacity_goal, stamina_goal, memory_goal = results.goals
+    plain_call = f["call_cpu"][PLAIN]["median"] * 1e6
+    per_event = f["stream_cpu_added_us_per_event_guarded"]["paired_median"]
+    call_ratio = f["call_cpu_ratio_guarded"]["paired_median"]
+    results.headlines = [
+        Headline(
+            "stream overhead",
+            f"{results.sizes.deltas:,}-event stream, guarded / plain (CPU)",
+            "<= 1.02",
+            f"x{stream_goal.value:.4f} ({per_event:+.2f} us/event)",
+            stream_goal.status,
+        ),
+        Headline(
+            "call overhead",
+            "non-streaming create(), microseconds added (CPU)",
+            "<= 30 us",
+            f"{call_goal.value:+.1f} us (x{call_ratio:.3f} of {plain_call:.0f} us)",
+            call_goal.status,
+        ),
+        Headline(
+            "naive retry",
+            "the same call under tenacity / stamina: guarded / theirs (CPU)",
+            "no slower than either",
+            f"x{tenacity_goal.value:.3f} of tenacity, x{stamina_goal.value:.3f} of stamina",
+            "met" if tenacity_goal.status == stamina_goal.status == "met" else "not met",
+        ),
+        Headline(
+            "memory",
+            "bytes per open guarded stream, more than plain (tracemalloc)",
+            "<= 2 KB",
+            f"{memory_goal.value:+,.0f} B",
+            memory_goal.status,
+        ),
+    ]
 
 
 # --- the report -----------------------------------------------------------------------------
 
 
-def header(results: Results, out: Callable[[str], None]) -> None:
+def header(results: Results, out: Out) -> None:
     m = results.machine
-    out(f"sdkguard overhead benchmark ({results.mode})")
-    out(f"machine:  {m['platform']}, {m['processor']}")
-    out(f"          {m['cpus']} CPUs ({m['cpus_usable']} usable), load average {m['load_before']}")
     load, cpus = m["load_before"], m["cpus_usable"] or m["cpus"] or 1
     if load and load[0] > max(cpus - 1, 0.5):
         out(
             f"WARNING:  the machine is busy (load {load[0]} on {cpus} CPUs): wall-clock figures "
             "are noisy; goals are judged on CPU time"
         )
-    out(
-        f"software: {m['python']}; anthropic {m['anthropic']} ({m['http']}, pydantic "
-        f"{m['pydantic']}); sdkguard {m['sdkguard']}; wrapt {m['wrapt']}"
-    )
-    out(
-        "server:   3 FakeAnthropic servers on 127.0.0.1 in a separate process "
-        f"(pid {m['server_pid']})"
-    )
-    out(f"baseline: {results.baseline}")
+    out("server:   3 FakeAnthropic servers on 127.0.0.1 in a separate process")
+    out("baseline: plain = sdkguard not installed (uninstall() before every plain run)")
     policy = ", ".join(f"{k}={v}" for k, v in results.policy.items()) or "the default policy"
     out(f"guarded:  install() with {policy}")
     out("disabled: installed, calls made inside `with sdkguard.policy(enabled=False)`")
+    out("tenacity, stamina: not installed, the call under a hand-written retry (create() only)")
     out(
-        "method:   each round runs plain, guarded and disabled on the same client, in rotating "
-        f"order ({len(ORDERS)} orders);"
-    )
-    out(
-        f"          timed rounds shared by {results.sizes.processes} fresh client process(es); "
-        "gc.collect() before each timed run"
+        f"method:   variants interleaved in rotating order; timed rounds shared by "
+        f"{results.sizes.processes} fresh client process(es); gc.collect() before each run"
     )
 
 
 def _table(
-    out: Callable[[str], None],
+    out: Out,
     stats: dict[str, dict[str, float]],
     scale: float,
     unit: str,
     extra: Callable[[str], str] | None = None,
 ) -> None:
     out(f"    {'':<9}{'min':>13}{'median':>13}{'max':>13}")
-    for name in VARIANTS:
-        st = stats[name]
+    for name, st in stats.items():
         cells = "".join(f"{st[k] * scale:10.1f} {unit:<2}" for k in ("min", "median", "max"))
         out(f"    {name:<9}{cells}{extra(name) if extra else ''}".rstrip())
 
 
 def _cmp(c: dict[str, float], fmt: str) -> str:
-    by_min, by_median, paired = (fmt.format(c[k]) for k in ("by_min", "by_median", "paired_median"))
-    return f"{by_min} by min, {by_median} by median, {paired} median per round"
+    return Comparison(**c).text(fmt)
 
 
 def _verdict_line(v: Verdict, fmt: str) -> str:
     return f"  => GOAL {v.line(fmt)}"
 
 
-def report(results: Results, out: Callable[[str], None]) -> None:
+def report(results: Results, out: Out) -> None:
     f, s = results.figures, results.sizes
     events = s.deltas + FRAMING_EVENTS
-    stream_goal, call_goal, memory_goal = results.goals
+    stream_goal, call_goal, tenacity_goal, stamina_goal, memory_goal = results.goals
 
     out("\n" + "=" * 80)
     out(f"1. {s.deltas:,}-event stream: create(stream=True) read to the end, {s.rounds} rounds")
@@ -745,7 +601,6 @@ def report(results: Results, out: Callable[[str], None]) -> None:
     out(f"  guarded/plain, wall   {_cmp(f['stream_wall_ratio_guarded'], '{:.4f}')}")
     out(f"  guarded/plain, CPU    {_cmp(f['stream_cpu_ratio_guarded'], '{:.4f}')}")
     out(f"  guarded, CPU/event    {_cmp(f['stream_cpu_added_us_per_event_guarded'], '{:+.3f} us')}")
-    out(f"  disabled/plain, wall  {_cmp(f['stream_wall_ratio_disabled'], '{:.4f}')}")
     out(f"  disabled/plain, CPU   {_cmp(f['stream_cpu_ratio_disabled'], '{:.4f}')}")
     out(_verdict_line(stream_goal, "{:.4f}"))
 
@@ -754,13 +609,13 @@ def report(results: Results, out: Callable[[str], None]) -> None:
     _table(out, f["call_wall"], 1e6, "us")
     out("  client CPU time:")
     _table(out, f["call_cpu"], 1e6, "us")
-    out(f"  guarded added, wall   {_cmp(f['call_wall_added_us_guarded'], '{:+.1f} us')}")
-    out(f"  guarded added, CPU    {_cmp(f['call_cpu_added_us_guarded'], '{:+.1f} us')}")
-    out(f"  guarded/plain, wall   {_cmp(f['call_wall_ratio_guarded'], '{:.4f}')}")
-    out(f"  guarded/plain, CPU    {_cmp(f['call_cpu_ratio_guarded'], '{:.4f}')}")
-    out(f"  disabled added, wall  {_cmp(f['call_wall_added_us_disabled'], '{:+.1f} us')}")
-    out(f"  disabled added, CPU   {_cmp(f['call_cpu_added_us_disabled'], '{:+.1f} us')}")
+    for name in (GUARDED, DISABLED, *NAIVE):
+        out(f"  {name} added, CPU   {_cmp(f[f'call_cpu_added_us_{name}'], '{:+.1f} us')}")
+        out(f"  {name} added, wall  {_cmp(f[f'call_wall_added_us_{name}'], '{:+.1f} us')}")
     out(_verdict_line(call_goal, "{:.1f}"))
+    for name, goal in ((TENACITY, tenacity_goal), (STAMINA, stamina_goal)):
+        out(f"  guarded/{name}, wall  {_cmp(f[f'call_wall_guarded_vs_{name}'], '{:.4f}')}")
+        out(_verdict_line(goal, "{:.4f}"))
 
     out(
         f"\n3. memory per open stream, first content event read: {s.streams} streams x "
@@ -774,23 +629,130 @@ def report(results: Results, out: Callable[[str], None]) -> None:
     out("\nenabled=False (installed) vs not installed: negligible?")
     for v, fmt in zip(results.disabled_negligible, ("{:.4f}", "{:.1f}", "{:.0f}"), strict=True):
         out(f"  {v.line(fmt)}")
-    out(
-        f"\nload average {results.machine['load_before']} -> {results.machine['load_after']}; "
-        f"the run took {results.seconds:.0f} s"
-    )
+    out(f"\nthe run took {results.seconds:.0f} s")
     out("SUMMARY: " + "; ".join(f"{v.goal}: {v.status}" for v in results.goals))
+
+
+def markdown(results: Results) -> str:
+    """This benchmark's section of RESULTS.md."""
+    f, s = results.figures, results.sizes
+    stream_goal, call_goal, tenacity_goal, stamina_goal, memory_goal = results.goals
+    events = s.deltas + FRAMING_EVENTS
+    best = f["stream_cpu"][PLAIN]["min"]
+
+    def cell(key: str, fmt: str) -> str:
+        c = Comparison(**f[key])
+        return f"{fmt.format(c.paired_median)} ({fmt.format(c.by_min)} / {fmt.format(c.by_median)})"
+
+    def verdict(v: Verdict) -> str:
+        return status_cell(v.status) + v.noise
+
+    rows = [
+        [
+            f"{s.deltas:,}-event stream, CPU",
+            f"{best * 1e3:.1f} ms ({best / events * 1e6:.2f} us/event)",
+            "x" + cell("stream_cpu_ratio_guarded", "{:.4f}"),
+            "<= 1.02",
+            verdict(stream_goal),
+        ],
+        [
+            f"{s.deltas:,}-event stream, wall",
+            f"{f['stream_wall'][PLAIN]['min'] * 1e3:.1f} ms",
+            "x" + cell("stream_wall_ratio_guarded", "{:.4f}"),
+            "",
+            "",
+        ],
+        [
+            "`create()`, CPU",
+            f"{f['call_cpu'][PLAIN]['min'] * 1e6:.0f} us per call",
+            cell("call_cpu_added_us_guarded", "{:+.1f} us"),
+            "<= 30 us",
+            verdict(call_goal),
+        ],
+        [
+            "`create()`, wall",
+            f"{f['call_wall'][PLAIN]['min'] * 1e6:.0f} us per call",
+            cell("call_wall_added_us_guarded", "{:+.1f} us"),
+            "",
+            "",
+        ],
+        [
+            "memory per open stream",
+            f"{f['memory'][PLAIN]['median']:,.0f} B",
+            cell("memory_added_bytes_guarded", "{:+,.0f} B"),
+            "<= 2,048 B",
+            verdict(memory_goal),
+        ],
+    ]
+    naive_rows = [
+        [
+            f"`{name}`",
+            cell(f"call_cpu_added_us_{name}", "{:+.1f} us"),
+            "x" + cell(f"call_cpu_guarded_vs_{name}", "{:.4f}"),
+            "x" + cell(f"call_wall_guarded_vs_{name}", "{:.4f}"),
+            verdict(goal),
+        ]
+        for name, goal in ((TENACITY, tenacity_goal), (STAMINA, stamina_goal))
+    ]
+    disabled_rows = [
+        ["stream, disabled / plain", "x" + cell("stream_cpu_ratio_disabled", "{:.4f}")],
+        ["`create()`, added by disabled", cell("call_cpu_added_us_disabled", "{:+.1f} us")],
+        ["memory, added by disabled", cell("memory_added_bytes_disabled", "{:+,.0f} B")],
+    ]
+    policy = ", ".join(f"{k}={v}" for k, v in results.policy.items()) or "the default policy"
+    return "\n\n".join(
+        [
+            "## Overhead: stream, call, memory, naive retry (`overhead.py`)",
+            f"Guarded = `install()` with {policy}; plain = sdkguard not installed. "
+            f"{s.rounds} rounds of one {s.deltas:,}-event stream, {s.call_rounds} rounds of "
+            f"{s.calls} calls, {s.memory_rounds} rounds of {s.streams} open streams; the timed "
+            f"rounds shared by {s.processes} fresh client processes. Each cell: per-round "
+            "median (by minimum / by median).",
+            md_table(["figure", "plain (best)", "guarded", "goal", "verdict"], rows),
+            "**Naive retry.** The same non-streaming call, sdkguard not installed, under "
+            "`@tenacity.retry(stop_after_attempt(5), wait_random_exponential(1, max=8), "
+            "retry_if_exception_type(...))` and `@stamina.retry(on=..., attempts=5, "
+            "wait_initial=1.0, wait_max=8.0)`: what users write by hand. Goal: guarded no "
+            "slower than either (ratio <= 1.00).",
+            md_table(
+                [
+                    "wrapper",
+                    "its cost over plain (CPU)",
+                    "guarded / it, CPU",
+                    "guarded / it, wall",
+                    "verdict",
+                ],
+                naive_rows,
+            ),
+            "**Installed but disabled** (`with sdkguard.policy(enabled=False)`) against not "
+            "installed:",
+            md_table(["figure", "disabled"], disabled_rows),
+            *(
+                f"**Profile, {PROFILE_TITLES[what]}** (a goal is not met; "
+                f"`python benchmarks/overhead.py --profile {what}` shows more):\n\n"
+                + code_block("\n".join(lines))
+                for what, lines in results.profiles.items()
+            ),
+        ]
+    )
+
+
+PROFILE_TITLES = {
+    "stream": "long stream, guarded against plain (cProfile)",
+    "call": "non-streaming call, guarded against plain (cProfile)",
+    "memory": "memory per open stream (tracemalloc, by the sdkguard line that allocated it)",
+}
 
 
 # --- profiling: where the guard's cost comes from -------------------------------------------
 
 
-def profile(what: str, sizes: Sizes, out: Callable[[str], None]) -> None:
+def profile(what: str, sizes: Sizes, out: Out) -> None:
     """`stream`/`call`: cProfile guarded and plain; `memory`: who allocates what a stream keeps."""
     policy = sdkguard.Policy.from_env()
-    server = ServerProcess(sizes.deltas)
+    server = ServerProcess(servers(sizes.deltas))
     try:
-        urls = {"stream": server.stream_url, "call": server.small_url}
-        client = make_client(urls.get(what, server.memory_url))
+        client = make_client(server.urls[{"stream": "stream", "call": "small"}.get(what, "memory")])
         if what == "memory":
             profile_memory(client, policy, sizes.streams, out)
         else:
@@ -806,71 +768,41 @@ def profile_time(
     policy: sdkguard.Policy,
     what: str,
     sizes: Sizes,
-    out: Callable[[str], None],
-) -> None:
+    out: Out,
+    *,
+    top: int = 30,
+    full: bool = True,
+) -> list[str]:
+    """cProfile guarded and plain; print their top functions (`full`) and return the lines
+    of the functions the guard calls more often than the plain SDK."""
     per = sizes.deltas + FRAMING_EVENTS if what == "stream" else sizes.calls * 10
     unit = "stream" if what == "stream" else "call"
     profiles: dict[str, pstats.Stats] = {}
     for name in (GUARDED, PLAIN):
-        with variant(name, policy):
-            work: Callable[[], object] = (
-                (lambda: run_stream(client, per))
+        with variant(name, policy, client) as create:
+            profiles[name] = stats = cprofile(
+                (lambda: run_stream(create, per))
                 if what == "stream"
-                else (lambda: run_calls(client, per))
+                else (lambda: run_calls(create, per))
             )
-            work()
-            profiler = cProfile.Profile()
-            profiler.enable()
-            work()
-            profiler.disable()
+        if not full:
+            continue
         buffer = io.StringIO()
-        profiles[name] = stats = pstats.Stats(profiler, stream=buffer)
+        stats.stream = buffer  # type: ignore[attr-defined]
         buffer.write(f"\n===== cProfile, {name}, {what}: top functions by own time =====\n")
         stats.sort_stats("tottime").print_stats(15)
         if name == GUARDED:
             buffer.write("----- guarded: sdkguard's functions by cumulative time -----\n")
             stats.sort_stats("cumulative").print_stats(r"/sdkguard/(?!testing)", 25)
         out(buffer.getvalue().rstrip())
-    # The functions the guard calls more (or less) often than the plain SDK: call counts are
-    # exact; the time is the count difference times the function's own time per call (in the
-    # run that calls it more), so scheduling noise is not subtracted into it.
-    counts = {
-        name: {
-            _func_name(func): (row[1], row[2])
-            for func, row in stats.stats.items()  # type: ignore[attr-defined]
-        }
-        for name, stats in profiles.items()
-    }
     done = 1 if what == "stream" else per + 1  # run_calls makes one more, untimed, call
-    rows = []
-    for func in set(counts[GUARDED]) | set(counts[PLAIN]):
-        (g_calls, g_time), (p_calls, p_time) = (
-            counts[GUARDED].get(func, (0, 0.0)),
-            counts[PLAIN].get(func, (0, 0.0)),
-        )
-        if g_calls == p_calls:
-            continue
-        calls, own = (g_calls, g_time) if g_calls > p_calls else (p_calls, p_time)
-        extra = (g_calls - p_calls) * own / calls
-        rows.append(((g_calls - p_calls) / done, extra / done * 1e6, func))
-    rows.sort(key=lambda row: -row[1])
-    out(
-        f"\n===== guarded - plain: calls per {unit} that differ, x own time per call "
-        "(under cProfile, which inflates small functions) ====="
-    )
-    for n_calls, micros, func in rows[:30]:
-        out(f"  {n_calls:+10.2f} calls {micros:+10.3f} us  {func}")
+    lines = profile_difference(profiles[GUARDED], profiles[PLAIN], done, unit, top)
+    if full:
+        out("\n===== guarded - plain: " + "\n".join(lines))
+    return lines
 
 
-def _func_name(func: tuple[str, int, str]) -> str:
-    filename, line, name = func
-    short = filename.split("site-packages/")[-1].removeprefix(f"{HERE.parent}/")
-    return f"{short}:{line}({name})" if line else name
-
-
-def profile_memory(
-    client: anthropic.Anthropic, policy: sdkguard.Policy, n: int, out: Callable[[str], None]
-) -> None:
+def profile_memory(client: anthropic.Anthropic, policy: sdkguard.Policy, n: int, out: Out) -> None:
     """Bytes a guarded stream keeps beyond a plain one, by the sdkguard line that allocated
     them, and what the guard holds on to that the plain SDK would have freed."""
     tracemalloc.start(64)
@@ -878,12 +810,12 @@ def profile_memory(
         snapshots: dict[str, tracemalloc.Snapshot] = {}
         kept: dict[str, float] = {}
         for name in (PLAIN, GUARDED, PLAIN, GUARDED):  # the first two are warm-ups
-            with variant(name, policy):
+            with variant(name, policy, client) as create:
                 streams: list[anthropic.Stream[Any]] = []
                 gc.collect()
                 tracemalloc.clear_traces()
                 for _ in range(n):
-                    streams.append(client.messages.create(stream=True, **MESSAGE))
+                    streams.append(create(stream=True, **MESSAGE))
                 time.sleep(MEMORY_BODY_DELAY * 5)  # as in open_streams
                 for stream in streams:
                     while next(stream).type != "content_block_delta":
@@ -959,30 +891,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="benchmarks/overhead.py",
         description="sdkguard's overhead vs the plain anthropic SDK, over loopback.",
     )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
-    parser.add_argument("--json", metavar="PATH", type=Path, help="write the results as JSON")
-    parser.add_argument("--check", action="store_true", help="exit 1 unless every goal is met")
+    add_common_args(parser, TIMEOUT)
     parser.add_argument(
         "--rounds", type=int, help="rounds of the stream measurement (full: 12, at least 11)"
     )
     parser.add_argument("--deltas", type=int, help="override the stream length (full: 20,000)")
-    parser.add_argument("--call-rounds", type=int, help="override create() rounds (full: 60)")
+    parser.add_argument("--call-rounds", type=int, help="override create() rounds (full: 40)")
     parser.add_argument("--calls", type=int, help="override calls per block (full: 50)")
     parser.add_argument("--streams", type=int, help="override open streams (full: 200)")
     parser.add_argument(
         "--processes", type=int, help="client processes sharing the timed rounds (full: 3)"
     )
-    parser.add_argument("--worker", help=argparse.SUPPRESS)  # a client process (run_worker)
     parser.add_argument(
         "--profile",
         choices=("stream", "call", "memory"),
         help="instead of measuring: cProfile guarded and plain (stream, call), or attribute the "
         "memory a guarded stream keeps (memory)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        help="abort with a traceback after this many seconds (full: 900, quick: 120)",
     )
     args = parser.parse_args(argv)
     base = QUICK if args.quick else FULL
@@ -997,32 +921,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.worker:
         job = json.loads(args.worker)
-        faulthandler.dump_traceback_later(args.timeout or 600.0, exit=True)
         worker(WorkerJob(**{**job, "sizes": Sizes(**job["sizes"])}))
         return 0
-    # The script ends by itself: a watchdog dumps every thread's stack and exits if stuck
-    # (the server process then sees the end of its stdin and exits too).
-    faulthandler.dump_traceback_later(args.timeout or (120.0 if args.quick else 900.0), exit=True)
+    if args.profile:
+        profile(args.profile, sizes, out)
+        return 0
+    return run_main(
+        args, TIMEOUT, lambda: measure(sizes, "quick" if args.quick else "full", out), report
+    )
 
-    def out(line: str, _stdout: IO[str] = sys.stdout) -> None:
-        print(line, file=_stdout, flush=True)
 
-    try:
-        if args.profile:
-            profile(args.profile, sizes, out)
-            return 0
-        results = measure(sizes, "quick" if args.quick else "full", out)
-        report(results, out)
-        if args.json:
-            args.json.write_text(json.dumps(asdict(results), indent=2) + "\n")
-            out(f"results written to {args.json}")
-    finally:
-        faulthandler.cancel_dump_traceback_later()
-    if args.check and any(v.status != "met" for v in results.goals):
-        out("--check: a goal is not met")
-        return 1
-    return 0
-
+TIMEOUT = (900.0, 120.0)
 
 if __name__ == "__main__":
     sys.exit(main())

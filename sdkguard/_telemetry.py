@@ -17,10 +17,10 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -148,6 +148,62 @@ def _current(tracer_provider: Any = None) -> _Instruments | None:
     return cached
 
 
+class _CallAttributes:
+    """The attribute sets of one (operation, model), made once: the metrics of every call
+    share them instead of building three dicts per call (never mutated once made)."""
+
+    __slots__ = ("call", "input", "output")
+
+    def __init__(self, operation: str, model: str | None) -> None:
+        self.call: dict[str, Any] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.provider.name": "anthropic",
+        }
+        if model is not None:
+            self.call["gen_ai.request.model"] = model
+        self.input = {**self.call, "gen_ai.token.type": "input"}
+        self.output = {**self.call, "gen_ai.token.type": "output"}
+
+
+_attribute_sets: dict[tuple[str, str | None], _CallAttributes] = {}
+
+
+def _call_attributes(operation: str, model: str | None) -> _CallAttributes:
+    found = _attribute_sets.get((operation, model))
+    if found is None:
+        if len(_attribute_sets) >= 256:  # bounded, whatever model names callers invent
+            _attribute_sets.clear()
+        found = _attribute_sets[operation, model] = _CallAttributes(operation, model)
+    return found
+
+
+_SUCCESS = {"sdkguard.outcome": "success"}
+
+
+class _AttemptScope:
+    """Makes an attempt's span current while the attempt is sent (what `trace.use_span`
+    does, without its two generator frames on every call)."""
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, span: Span | None) -> None:
+        self._span = span
+        self._token: object = None
+
+    def __enter__(self) -> None:
+        if self._span is not None:
+            self._token = otel_context.attach(trace.set_span_in_context(self._span))
+
+    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
+        if self._token is None:
+            return
+        otel_context.detach(self._token)  # type: ignore[arg-type]
+        span = self._span
+        # As `use_span` does: a failure of the attempt marks its span, whatever comes next.
+        if isinstance(error, Exception) and span is not None and span.is_recording():
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+
+
 @_never_raises
 def start_call(
     name: Callable[[], str],
@@ -198,21 +254,18 @@ class CallTelemetry:
         self._attempt_span: Span | None = None
         self._first_chunk_at: float | None = None
         self._ended = False
-        request = body if isinstance(body, Mapping) else {}
+        request = body if type(body) is dict or isinstance(body, Mapping) else {}
         operation = "count_tokens" if name.endswith("count_tokens") else "chat"
         model = request.get("model")
-        self._base_attributes: dict[str, Any] = {
-            "gen_ai.operation.name": operation,
-            "gen_ai.provider.name": "anthropic",
-        }
-        if isinstance(model, str):
-            self._base_attributes["gen_ai.request.model"] = model
+        self._base_attributes = _call_attributes(
+            operation, model if isinstance(model, str) else None
+        )
         sdk_span = getattr(sdk_call, "span", None)
         self._own_span = sdk_span is None
         if sdk_span is not None:
             self.call_span: Span = sdk_span
             return
-        attributes = dict(self._base_attributes)
+        attributes = dict(self._base_attributes.call)
         for key, attribute in (
             ("max_tokens", "gen_ai.request.max_tokens"),
             ("temperature", "gen_ai.request.temperature"),
@@ -234,15 +287,9 @@ class CallTelemetry:
 
     # -- attempts -----------------------------------------------------------------------------
 
-    @contextmanager
-    def attempt(self, number: int) -> Iterator[None]:
+    def attempt(self, number: int) -> _AttemptScope:
         """Open attempt `number`'s span and make it current while the attempt is sent."""
-        span = self._start_attempt(number)
-        if span is None:
-            yield
-            return
-        with trace.use_span(span, end_on_exit=False, record_exception=False):
-            yield
+        return _AttemptScope(self._start_attempt(number))
 
     @_never_raises
     def _start_attempt(self, number: int) -> Span:
@@ -264,10 +311,13 @@ class CallTelemetry:
         """The attempt got response headers."""
         span = self._attempt_span
         if span is not None:
-            span.set_attribute("http.response.status_code", status)
             request_id = headers.get("request-id")
             if request_id:
-                span.set_attribute("anthropic.request.id", request_id)
+                span.set_attributes(
+                    {"http.response.status_code": status, "anthropic.request.id": request_id}
+                )
+            else:
+                span.set_attribute("http.response.status_code", status)
 
     @_never_raises
     def attempt_failed(
@@ -303,7 +353,7 @@ class CallTelemetry:
     def attempt_succeeded(self) -> None:
         span = self._attempt_span
         self._attempt_span = None
-        self._instruments.attempts.add(1, {"sdkguard.outcome": "success"})
+        self._instruments.attempts.add(1, _SUCCESS)
         if span is not None:
             span.set_attribute("sdkguard.outcome", "success")
             span.end()
@@ -326,16 +376,19 @@ class CallTelemetry:
             span.set_attribute("sdkguard.outcome", "closed")
             span.end()
         instruments = self._instruments
-        attributes = dict(self._base_attributes)
+        sets = self._base_attributes
+        attributes = sets.call
+        per_type: tuple[dict[str, Any], ...] = (sets.input, sets.output)
         if error_type is not None:
-            attributes["error.type"] = error_type
+            attributes = {**attributes, "error.type": error_type}
+            per_type = tuple({**a, "error.type": error_type} for a in per_type)
         instruments.duration.record(time.monotonic() - self._started, attributes)
         if self._first_chunk_at is not None:
             instruments.first_chunk.record(self._first_chunk_at - self._started, attributes)
         usage = _usage(message)
-        for token_type, count in (("input", usage[0]), ("output", usage[1])):
+        for count, token_attributes in zip(usage[:2], per_type, strict=True):
             if count is not None:
-                instruments.tokens.record(count, {**attributes, "gen_ai.token.type": token_type})
+                instruments.tokens.record(count, token_attributes)
         if not self._own_span:
             return  # the SDK's span: the SDK records the response and ends it
         span = self.call_span

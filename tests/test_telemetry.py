@@ -316,3 +316,26 @@ def test_the_sdks_span_of_a_stream_whose_bytes_the_application_reads_ends(
         assert b"message_stop" in b"".join(stream.response.iter_bytes())
         span = _sdk_call_span(otel)
     assert span.status.status_code == trace.StatusCode.OK
+
+
+def test_an_error_of_the_callers_own_code_marks_its_attempt(
+    server: FakeAnthropic, otel: Recorded
+) -> None:
+    # Not a failure of the network or the API: raised as it is, never retried; the attempt's
+    # span says what broke it (as OpenTelemetry's `use_span` does), the call its error type.
+    def broken(request: Any, call_next: Any) -> Any:
+        raise ValueError("the caller's middleware failed")
+
+    with (
+        anthropic.Anthropic(
+            base_url=server.url, api_key=API_KEY, open_telemetry=False, middleware=[broken]
+        ) as client,
+        pytest.raises(ValueError, match="middleware failed"),
+    ):
+        client.messages.create(**MESSAGE_ARGS)
+    (attempt,) = otel.attempts()
+    assert attempt.status.status_code == trace.StatusCode.ERROR
+    assert attempt.status.description == "ValueError: the caller's middleware failed"
+    (call,) = otel.calls()
+    assert dict(call.attributes or {})["error.type"] == "ValueError"
+    assert len(server.requests) == 0
