@@ -350,5 +350,23 @@ def classify_exception(err: BaseException, *, phase: Phase, stream: bool) -> Fai
         if isinstance(item, APITimeoutError):
             return Failure("timeout", "request timed out", True, None, True)
         if isinstance(item, APIConnectionError):
+            # The SDK wraps whatever sending raised into APIConnectionError: a transport
+            # failure, but also a closed client or an exception from the user's event hook,
+            # which no retry mends.
+            if item.__cause__ is not None and not any(map(_is_transport_error, chain)):
+                return None
             return Failure("connection_error", "connection error", True)
     return None
+
+
+def _is_transport_error(err: BaseException) -> bool:
+    """A failure of the transport (httpx or httpcore `TransportError`, an `OSError`), except
+    `UnsupportedProtocol`: a URL no retry can send."""
+    if isinstance(err, OSError):
+        return True
+    names = [
+        cls.__name__
+        for cls in type(err).__mro__
+        if cls.__module__.startswith(("httpx", "httpcore"))
+    ]
+    return "TransportError" in names and "UnsupportedProtocol" not in names

@@ -468,3 +468,32 @@ def test_a_stream_closed_by_another_thread_is_not_retried(
     assert not reader.is_alive()
     assert len(server.requests) == 1
     assert errors and not isinstance(errors[0], sdkguard.StreamInterrupted)
+
+
+def test_an_error_from_the_callers_event_hook_is_not_retried(
+    server: FakeAnthropic, guard: None
+) -> None:
+    # The SDK wraps whatever sending raised into APIConnectionError: here the user's own code.
+    def refuse(request: Any) -> None:
+        raise ValueError("the caller's hook says no")
+
+    http_client = anthropic.DefaultHttpxClient(event_hooks={"request": [refuse]})
+    with (
+        anthropic.Anthropic(base_url=server.url, api_key=API_KEY, http_client=http_client) as c,
+        pytest.raises(anthropic.APIConnectionError) as caught,
+    ):
+        c.messages.create(**MESSAGE_ARGS)
+    assert isinstance(caught.value.__cause__, ValueError)
+    assert not getattr(caught.value, "__notes__", None)  # one attempt: nothing to list
+    assert server.requests == []
+
+
+def test_a_closed_client_is_not_retried(server: FakeAnthropic, guard: None) -> None:
+    client = anthropic.Anthropic(base_url=server.url, api_key=API_KEY)
+    client.close()
+    started = time.monotonic()
+    with pytest.raises(anthropic.APIConnectionError) as caught:
+        client.messages.create(**MESSAGE_ARGS)
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    assert time.monotonic() - started < FAST["backoff_initial"]  # not one wait
+    assert server.requests == []
