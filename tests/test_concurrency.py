@@ -55,7 +55,11 @@ def test_200_concurrent_streams_with_30_percent_faults(server: FakeAnthropic) ->
         tasks_left = len([t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
         return results, tasks_left
 
-    with sdkguard.policy(max_attempts=8):
+    # Limits of seconds, not tenths: 200 connections at once on a loaded CI machine must not
+    # be mistaken for stalls (the injected stalls are silences forever, caught either way).
+    with sdkguard.policy(
+        max_attempts=8, connect_timeout=5.0, response_timeout=2.0, idle_timeout=2.0
+    ):
         results, tasks_left = anyio.run(main)
     assert len(results) == STREAMS
     assert len(set(results)) == 1, "every consumer saw the same clean event sequence"
