@@ -69,10 +69,13 @@ def is_guarded_request(options: Any) -> bool:
 
 def call_name(cast_to: Any, options: Any) -> str:
     """The SDK method behind a request, for log lines: `beta.messages.stream`, ..."""
-    # Beta calls parse into Beta* types; the URL does not always say `?beta=true`.
-    beta = getattr(cast_to, "__name__", "").startswith("Beta")
-    url: str = options.url
-    if url.split("?", 1)[0].endswith("/count_tokens"):
+    path, _, query = str(options.url).partition("?")
+    # A beta call says `?beta=true`, or parses into a Beta* type (a stream's type is a typing
+    # construct, whose attribute look-ups are slow: only classes are asked their name).
+    beta = "beta=true" in query or (
+        isinstance(cast_to, type) and cast_to.__name__.startswith("Beta")
+    )
+    if path.endswith("/count_tokens"):
         method = "count_tokens"
     else:
         method = "create"
@@ -136,6 +139,16 @@ def freeze(model: Any) -> Frozen:
     if hasattr(model, "model_dump_json"):
         return type(model), model.model_dump_json(by_alias=True, exclude_unset=True, warnings=False)
     return type(model), model.json(by_alias=True, exclude_unset=True)  # pragma: no cover
+
+
+_EMPTY_TEXT_BLOCK = (object, '{"type":"text","text":""}')
+
+
+def freeze_block(block: Any) -> Frozen:
+    """`freeze` for a content block start: an empty text block, nearly every one, is a constant."""
+    if block.type == "text" and not block.text and block.model_fields_set == {"type", "text"}:
+        return _EMPTY_TEXT_BLOCK
+    return freeze(block)
 
 
 def thaw(frozen: Frozen) -> dict[str, Any]:

@@ -48,9 +48,9 @@ class Delivery:
 
     Strings, not event objects: keeping every event costs a third of a stream's throughput
     in garbage collection, and the message is only rebuilt when a stream breaks (or for a
-    non-streaming call sent as a stream). The message, its block starts and `message_delta`
-    are kept as their JSON too, a few hundred bytes where the parsed objects take kilobytes
-    for the whole life of the stream.
+    non-streaming call sent as a stream). The message and its block starts are kept as their
+    JSON too, a few hundred bytes where the parsed objects take kilobytes for the whole life of
+    the stream; `message_delta` comes last, and is kept as it is.
     """
 
     __slots__ = ("blocks", "committed", "complete", "extras", "held", "message", "message_delta")
@@ -69,7 +69,7 @@ class Delivery:
         """By index: the block as it started (frozen), then the text of each delta."""
         self.extras: dict[int, dict[str, Any]] | None = None
         """By index: what a block's other deltas brought (signature, citations, others)."""
-        self.message_delta: _sdk.Frozen | None = None
+        self.message_delta: Any = None
 
     def hold(self, event: Any) -> list[Any] | None:
         """Before the commit point: keep `event`, or return every event to release now."""
@@ -101,11 +101,11 @@ class Delivery:
                 else:  # compaction_delta, or a type newer than this code: kept whole
                     extra.setdefault("other", []).append(_sdk.wire_dict(delta))
         elif kind == "content_block_start":
-            self.blocks[event.index] = [_sdk.freeze(event.content_block)]
+            self.blocks[event.index] = [_sdk.freeze_block(event.content_block)]
         elif kind == "message_start":
             self.message = _sdk.freeze(event.message)
         elif kind == "message_delta":
-            self.message_delta = _sdk.freeze(event)
+            self.message_delta = event
             self.complete = True
         elif kind == "message_stop":
             self.complete = True
@@ -126,7 +126,7 @@ class Delivery:
             for index, block in sorted(self.blocks.items())
         ]
         if self.message_delta is not None:
-            event = _sdk.thaw(self.message_delta)
+            event = _sdk.wire_dict(self.message_delta)
             event.pop("type", None)
             usage = event.pop("usage", None) or {}
             # The delta's fields, then the event's own (beta: context_management, ...): a value

@@ -351,19 +351,25 @@ def test_log_lines_name_the_sdk_method(
     client: anthropic.Anthropic,
     records: pytest.LogCaptureFixture,
 ) -> None:
-    server.script(*[faults.status(529), faults.ok()] * 4)
+    server.script(*[faults.status(529), faults.ok()] * 6)
     client.beta.messages.create(**MESSAGE_ARGS)
     client.messages.count_tokens(model="m", messages=MESSAGE_ARGS["messages"])
     with client.messages.stream(**MESSAGE_ARGS) as stream:
         stream.get_final_message()
     with client.messages.create(**MESSAGE_ARGS, stream=True) as raw:
         list(raw)
+    with client.beta.messages.stream(**MESSAGE_ARGS) as beta_stream:
+        beta_stream.get_final_message()
+    with client.beta.messages.create(**MESSAGE_ARGS, stream=True) as beta_raw:
+        list(beta_raw)
     names = [r.getMessage().split(":")[0] for r in records.records]
     assert names == [
         "beta.messages.create",
         "messages.count_tokens",
         "messages.stream",
         "messages.create",
+        "beta.messages.stream",
+        "beta.messages.create",
     ]
 
 
