@@ -32,6 +32,14 @@ SDK_VERSION: str = anthropic.__version__
 # The HTTP library the SDK is built on: httpx up to 0.x, httpx2 from 1.0.
 http: Any = vars(_base_client).get("httpx2") or vars(_base_client)["httpx"]
 
+
+class _NeverRaised(Exception):
+    """Stands for an SDK exception class that this SDK version does not have."""
+
+
+# Raised by client middleware (0.108+) to ask for a retry.
+RetryableError: type[Exception] = getattr(anthropic, "RetryableError", _NeverRaised)
+
 MESSAGE_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
 _RETRY_COUNT_HEADER = "x-stainless-retry-count"
 _HELPER_METHOD_HEADER = "x-stainless-helper-method"
@@ -60,6 +68,18 @@ def is_guarded_request(options: Any) -> bool:
     url: str = options.url
     query = url.find("?")
     return (url if query < 0 else url[:query]) in MESSAGE_PATHS
+
+
+def request_body(options: Any) -> Any:
+    """The JSON body of a request, `extra_body` included.
+
+    From 1.14 the SDK merges `extra_body` into the body before its retry loop; before, only
+    when it builds each attempt's request, so the options seen here still hold it apart.
+    """
+    body, extra = options.json_data, options.extra_json
+    if isinstance(extra, dict) and extra:
+        return {**body, **extra} if isinstance(body, dict) else extra
+    return body
 
 
 def call_name(cast_to: Any, options: Any) -> str:

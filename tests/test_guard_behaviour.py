@@ -20,7 +20,7 @@ from sdkguard._patch import current_policy
 from sdkguard._sdk import request_method
 from sdkguard.testing import FakeAnthropic, faults
 from tests.conftest import FAST
-from tests.helpers import API_KEY, MESSAGE_ARGS, Seen, assert_one_clean_message
+from tests.helpers import API_KEY, MESSAGE_ARGS, OverloadedError, Seen, assert_one_clean_message
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -77,7 +77,7 @@ def test_disabled_guard_leaves_the_sdk_alone(server: FakeAnthropic, guard: None)
     with (
         sdkguard.policy(enabled=False),
         anthropic.Anthropic(base_url=server.url, api_key=API_KEY, max_retries=0) as client,
-        pytest.raises(anthropic.InternalServerError),
+        pytest.raises(OverloadedError),
     ):
         client.messages.create(**MESSAGE_ARGS)
     assert len(server.requests) == 1
@@ -89,7 +89,7 @@ def test_sdk_retries_are_off_for_guarded_calls(server: FakeAnthropic, guard: Non
     with (
         sdkguard.policy(max_attempts=3),
         anthropic.Anthropic(base_url=server.url, api_key=API_KEY, max_retries=2) as client,
-        pytest.raises(anthropic.InternalServerError),
+        pytest.raises(OverloadedError),
     ):
         client.messages.create(**MESSAGE_ARGS)
     assert len(server.requests) == 3
@@ -235,7 +235,7 @@ def test_a_failing_hook_is_logged_and_ignored(
         5,
         "status_529",
     )
-    assert isinstance(event.error, anthropic.InternalServerError) and event.elapsed >= 0
+    assert isinstance(event.error, OverloadedError) and event.elapsed >= 0
     assert any("on_retry hook" in r.getMessage() for r in records.records)
 
 
@@ -413,7 +413,7 @@ def test_an_explicit_max_retries_is_the_callers_word(
     server.script(*[faults.status(529)] * 6)
     with (
         anthropic.Anthropic(base_url=server.url, api_key=API_KEY, max_retries=max_retries) as c,
-        pytest.raises(anthropic.InternalServerError),
+        pytest.raises(OverloadedError),
     ):
         c.messages.create(**MESSAGE_ARGS)
     assert len(server.requests) == requests
