@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import anthropic
@@ -53,8 +54,6 @@ def request_method(client_class: type) -> str:
     per call and a body prepared once (a generator of messages is read once). Before that,
     `request()` itself is the loop.
     """
-    import inspect
-
     inner = client_class.__dict__.get("_request")
     if inner is not None and "call" in inspect.signature(inner).parameters:
         return "_request"
@@ -250,6 +249,49 @@ def is_event_stream(value: object) -> bool:
 def http_response_of(value: Any) -> Any:
     """The http response of a `Stream` or of a raw-response wrapper."""
     return getattr(value, "response", None) or getattr(value, "http_response", None)
+
+
+def on_parsed_stream(raw: Any, adopt: Callable[[Any], Any]) -> bool:
+    """Have `adopt` take the event stream that `raw.parse()` makes of a raw response.
+
+    A raw response (`with_raw_response`) of a stream holds no events until the caller parses
+    it (langchain-anthropic streams that way); the `Stream` it then makes restarts like any
+    other. `parse` is async on the async client's raw responses from 2.0, sync before (and on
+    the sync client). False when `raw` cannot be parsed into a stream.
+    """
+    parse = getattr(raw, "parse", None)
+    if parse is None:
+        return False
+
+    def adopted(parsed: Any) -> Any:
+        if is_event_stream(parsed) and "_sdkguard" not in vars(parsed):
+            parsed = adopt(parsed)
+        return parsed
+
+    if inspect.iscoroutinefunction(parse):
+
+        async def parse_async(*args: Any, **kwargs: Any) -> Any:
+            return adopted(await parse(*args, **kwargs))
+
+        raw.parse = parse_async
+    else:
+        raw.parse = lambda *args, **kwargs: adopted(parse(*args, **kwargs))
+    return True
+
+
+def parsing(send: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`send`, for a raw response: the event stream that each attempt's response parses into."""
+    return lambda options: send(options).parse()
+
+
+def parsing_async(send: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
+    """`parsing` for the async client, whose raw responses parse with or without `await`."""
+
+    async def send_and_parse(options: Any) -> Any:
+        parsed = (await send(options)).parse()
+        return await parsed if inspect.isawaitable(parsed) else parsed
+
+    return send_and_parse
 
 
 def take_iterator(stream: Any, replacement: Any) -> Any:

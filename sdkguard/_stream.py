@@ -338,13 +338,7 @@ class _AsyncGuard(_Guard):
 def adopt_sync(call: GuardedCall, result: Any, send: Callable[[Any], Any]) -> Any:
     """Guard the body of the stream the first attempt returned; return it to the caller."""
     if not _sdk.is_event_stream(result):
-        # A raw response (`with_raw_response`, `with_streaming_response`): the caller reads the
-        # bytes itself, so only the opening was restartable; the idle limit still applies.
-        response = _sdk.http_response_of(result)
-        if response is not None:
-            _sdk.set_body_read_timeout(response, call.body_read_timeout())
-        call.succeeded(result)
-        return result
+        return _adopt_raw(call, result, lambda stream: adopt_sync(call, stream, _sdk.parsing(send)))
     guard = _SyncGuard(call, result, send)
     guard.prime(result)
     guard.inner = _sdk.take_iterator(result, guard.events())
@@ -356,16 +350,31 @@ def adopt_sync(call: GuardedCall, result: Any, send: Callable[[Any], Any]) -> An
 def adopt_async(call: GuardedCall, result: Any, send: Callable[[Any], Awaitable[Any]]) -> Any:
     """`adopt_sync` for the async client."""
     if not _sdk.is_event_stream(result):
-        response = _sdk.http_response_of(result)
-        if response is not None:
-            _sdk.set_body_read_timeout(response, call.body_read_timeout())
-        call.succeeded(result)
-        return result
+        return _adopt_raw(
+            call, result, lambda stream: adopt_async(call, stream, _sdk.parsing_async(send))
+        )
     guard = _AsyncGuard(call, result, send)
     guard.prime(result)
     guard.inner = _sdk.take_iterator(result, guard.events())
     result._sdkguard = guard
     _end_spans_when_dropped(result, call)
+    return result
+
+
+def _adopt_raw(call: GuardedCall, result: Any, adopt: Callable[[Any], Any]) -> Any:
+    """A raw response (`with_raw_response`, `with_streaming_response`) of the first attempt.
+
+    The idle limit applies to its body. A stream's raw response that the caller parses becomes
+    a guarded stream (`adopt`), restartable before content; one whose bytes the caller reads
+    itself was restartable only until its headers arrived.
+    """
+    response = _sdk.http_response_of(result)
+    if response is not None:
+        _sdk.set_body_read_timeout(response, call.body_read_timeout())
+    if call.stream and _sdk.on_parsed_stream(result, adopt):
+        _end_spans_when_dropped(result, call)  # when the caller never parses it
+    else:
+        call.succeeded(result)
     return result
 
 
