@@ -26,12 +26,24 @@ __all__ = [
     "error_type",
     "http",
     "make_timeout",
+    "unsupported",
 ]
 
 SDK_VERSION: str = anthropic.__version__
 
 # The HTTP library the SDK is built on: httpx up to 0.x, httpx2 from 1.0.
-http: Any = vars(_base_client).get("httpx2") or vars(_base_client)["httpx"]
+http: Any = vars(_base_client).get("httpx2") or vars(_base_client).get("httpx")
+
+
+def unsupported() -> str | None:
+    """Why sdkguard must leave the imported SDK alone (a version it does not support), or None."""
+    from sdkguard._doctor import satisfies
+    from sdkguard._instrumentor import ANTHROPIC_REQUIREMENT
+
+    version = anthropic.__version__
+    if satisfies(version, ANTHROPIC_REQUIREMENT.replace(" ", "")) is False:
+        return f"anthropic {version} is not supported (sdkguard supports {ANTHROPIC_REQUIREMENT})"
+    return None
 
 
 class _NeverRaised(Exception):
