@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit sdk-suite bench bench-smoke clean
+.PHONY: demo test lint typecheck unit sdk-suite matrix bench bench-smoke clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,16 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The SDK's own suite, plain and guarded: the installed (newest) release by default;
+# SDK="0.93.0 newest" for several, SDK=all for every release of the matrix.
+SDK ?= newest
 sdk-suite: $(STAMP)
-	$(BIN)/python tools/sdk_suite.py
+	$(BIN)/python tools/sdk_suite.py $(foreach v,$(SDK),--version $(v))
+
+# sdkguard's suite on every supported SDK release and Python (docs/compatibility.md);
+# MATRIX="--full" for every pair, MATRIX="--sdk 0.93.0 --python 3.10" for some.
+matrix: $(STAMP)
+	$(BIN)/python tools/matrix.py $(MATRIX)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
