@@ -227,12 +227,23 @@ def request_of(err: BaseException) -> Any:
     return request
 
 
+# Bedrock streams report a failure as an AWS exception, which the SDK passes on by its name.
+_BEDROCK_ERROR_TYPES = {
+    "serviceUnavailableException": "overloaded_error",
+    "throttlingException": "rate_limit_error",
+    "internalServerException": "api_error",
+    "modelStreamErrorException": "api_error",
+    "modelTimeoutException": "timeout_error",
+    "validationException": "invalid_request_error",
+}
+
+
 def error_type(body: object) -> str | None:
-    """`overloaded_error` from the body of an `event: error`."""
+    """`overloaded_error` from the body of an `event: error` (Bedrock's exception names too)."""
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict) and isinstance(error.get("type"), str):
-            return str(error["type"])
+            return _BEDROCK_ERROR_TYPES.get(error["type"], error["type"])
     return None
 
 
