@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -374,6 +375,35 @@ class _ProgressWatch:
             elif now - last > limit:
                 raise StallDetected(f"no content for {now - last:.2f} s")
             yield sse
+
+
+def adapt_stream(stream: Any) -> None:
+    """Make a Bedrock stream of anthropic 0.x report a failure as later versions do.
+
+    Up to 0.125 the Bedrock decoder raises `ValueError("Bad response code ...")` for an AWS
+    exception frame (`throttlingException`, ...); from 1.0 the stream raises it as an
+    `APIStatusError` whose body names the exception, which sdkguard classifies like an SSE
+    `error` event. Old streams get the same, so their failures are retried and raised alike.
+    """
+    decoder: Any = getattr(stream, "_decoder", None)
+    parse = getattr(decoder, "_parse_message_from_event", None)
+    if parse is None or not SDK_VERSION.startswith("0."):
+        return
+
+    def parse_message(message: Any) -> Any:
+        response = message.to_response_dict()
+        if response["status_code"] == 200:
+            return parse(message)
+        headers = response["headers"]
+        try:
+            text = json.loads(response["body"]).get("message")
+        except (ValueError, AttributeError):
+            text = None
+        kind = headers.get(":exception-type") or headers.get(":error-code")
+        body = {"type": "error", "error": {"type": kind, "message": text}}
+        raise stream._client._make_status_error(f"{body}", body=body, response=stream.response)
+
+    decoder._parse_message_from_event = parse_message
 
 
 def watch_progress(stream: Any, limit: float) -> None:

@@ -168,6 +168,7 @@ class _Guard:
         """Prepare a new attempt's stream: body limits, progress watch, its event iterator."""
         call = self.call
         _sdk.set_body_read_timeout(attempt_stream.response, call.body_read_timeout())
+        _sdk.adapt_stream(attempt_stream)
         if call.policy.progress_timeout is not None:
             _sdk.watch_progress(attempt_stream, call.policy.progress_timeout)
         if call.telemetry is not None:

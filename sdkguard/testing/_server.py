@@ -884,8 +884,8 @@ class FakeAnthropic:
         conn, sent = reply.conn, reply.sent
         events = _sse.stream_events(ok, message_id=message_id, model=model)
         bedrock = reply.request.platform == _platforms.BEDROCK
-        if bedrock:
-            events = [_platforms.bedrock_event(e) for e in events]
+        if bedrock:  # Bedrock streams carry no pings
+            events = [_platforms.bedrock_event(e) for e in events if e[0] != "ping"]
         ping = _platforms.bedrock_event(_sse.PING) if bedrock else _sse.PING
         headers = {
             "content-type": _platforms.EVENT_STREAM
