@@ -37,6 +37,7 @@ from opentelemetry.trace import StatusCode
 
 import sdkguard
 from sdkguard import _sdk
+from sdkguard._sdk import http
 from sdkguard.testing import FakeAnthropic, faults
 from tests.helpers import API_KEY, MESSAGE_ARGS, SDK_TRACING, WITHOUT_SDK_TRACING
 
@@ -318,3 +319,33 @@ def test_the_sdks_call_span_of_a_stream_restarted_after_its_headers(
     assert call.status.status_code != StatusCode.ERROR
     assert attributes["sdkguard.attempts"] == 2
     assert "gen_ai.usage.output_tokens" in attributes
+
+
+@pytest.mark.parametrize("style", ["create_stream", "stream_helper"])
+def test_a_stream_failing_after_content_ends_its_spans_as_without_sdkguard(
+    server: FakeAnthropic, instrumented: Instrumented, mode: str, style: str
+) -> None:
+    # The instrumentation sees sdkguard's StreamInterrupted where it would see the SDK's raw
+    # transport error: it ends its span exactly when it does without sdkguard (traceloop
+    # leaves a failed stream's span open either way). sdkguard's own spans end, failed.
+    recorded = instrumented[1]
+    scope = recorded.instrumentation.scope
+    server.script(faults.reset_after(6))
+    with sdkguard.policy(enabled=False), _client(server) as client, pytest.raises(http.ReadError):
+        _read(client, style)
+    reference = [s for s in recorded.take() if _scope(s) == scope]
+    server.script(faults.reset_after(6))
+    with (
+        _client(server, sdk_tracing=mode == "sdk") as client,
+        pytest.raises(sdkguard.StreamInterrupted),
+    ):
+        _read(client, style)
+    spans = recorded.take()
+    assert len(server.requests) == 2
+    own = [s for s in spans if _scope(s) == scope]
+    assert [s.name for s in own] == [s.name for s in reference]
+    assert [s.status.status_code for s in own] == [s.status.status_code for s in reference]
+    (call,) = [s for s in spans if _is_call_span(s)]
+    (attempt,) = [s for s in spans if s.name == ATTEMPT]
+    assert call.status.status_code == StatusCode.ERROR
+    assert dict(attempt.attributes or {})["sdkguard.outcome"] == "failed"

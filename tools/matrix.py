@@ -10,9 +10,11 @@ Each cell (one anthropic version on one Python) gets its own environment under
 `.cache/matrix/`, built with uv from the project (editable, `dev` extra), `anthropic==V`, and
 the frameworks of tests/test_frameworks.py that accept that SDK and that Python. An
 environment is reused while its inputs (Python, requirements, pyproject.toml) are unchanged.
-Then the suite runs in it with pytest-xdist. A summary is printed; the results go to
-`.cache/matrix/results.json`, and a run of the whole design rewrites the compatibility table
-of README.md (between its marker comments) from them. See docs/compatibility.md.
+Then the suite runs in it with pytest-xdist. A summary is printed, and each cell's result is
+kept in `.cache/matrix/results.json` with a digest of the sources it tested. Once every cell of
+the design has a result of the current sources (from this run or earlier ones), the
+compatibility table of README.md (between its marker comments) is rewritten from them. See
+docs/compatibility.md.
 
 Exit status: 0 when every cell passed, 1 when a cell failed, 2 when a cell could not be built.
 """
@@ -305,6 +307,8 @@ class CellResult:
     seconds: float
     exit_code: int
     failed: list[str]
+    sources: str
+    """Digest of the sources tested (sdkguard, tests, pyproject.toml)."""
     versions: dict[str, str]
     frameworks: dict[str, str]
     """Framework -> version, for those whose tests all passed here."""
@@ -346,9 +350,10 @@ def _outcomes(junit: Path) -> dict[str, str]:
 
 
 def _all_passed(outcomes: dict[str, str], file: str, marker: str) -> bool:
-    """Whether the tests of `file` whose id names `marker` ran, and all passed."""
+    """Whether tests of `file` whose id names `marker` ran, and none failed (some may be
+    skipped: the modes that need the SDK's own tracing, say)."""
     found = [o for node, o in outcomes.items() if node.startswith(file) and marker in node]
-    return bool(found) and all(o == "passed" for o in found)
+    return "passed" in found and "failed" not in found
 
 
 # The id each test file uses for an instrumentation.
@@ -357,6 +362,16 @@ _INSTRUMENTATION_IDS = {
     "openinference-instrumentation-anthropic": "openinference",
     "opentelemetry-instrumentation-genai-anthropic": "otel-genai",
 }
+
+
+def source_digest() -> str:
+    """What a result is a result of: the tested sources, so results of runs made at different
+    times (another part of the design, a resumed run) are combined only when they agree."""
+    digest = hashlib.sha256()
+    files = [REPO / "pyproject.toml", *REPO.glob("sdkguard/**/*.py"), *REPO.glob("tests/*.py")]
+    for path in sorted(files):
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def run_cell(cell: Cell, env: Env, python_version: str, args: argparse.Namespace) -> CellResult:
@@ -414,6 +429,7 @@ def run_cell(cell: Cell, env: Env, python_version: str, args: argparse.Namespace
         seconds=round(seconds, 1),
         exit_code=code,
         failed=failed,
+        sources=source_digest(),
         versions=env.versions,
         frameworks=frameworks,
         instrumentations=instrumentations,
@@ -426,11 +442,30 @@ def run_cell(cell: Cell, env: Env, python_version: str, args: argparse.Namespace
     return result
 
 
+def _merge_results(results: list[CellResult]) -> dict[str, CellResult]:
+    """Add `results` to those of `.cache/matrix/results.json` (one per cell); all of them."""
+    path = CACHE / "results.json"
+    recorded: dict[str, CellResult] = {}
+    if path.exists():
+        try:
+            for item in json.loads(path.read_text()).values():
+                recorded[item["cell"]] = CellResult(**item)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            recorded = {}  # an older layout: start again
+    for result in results:
+        recorded[result.cell] = result
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps({name: dataclasses.asdict(r) for name, r in recorded.items()}, indent=1)
+    )
+    return recorded
+
+
 # -- the README table ---------------------------------------------------------------------------
 
 
 def table(results: list[CellResult], date: str) -> str:
-    """The compatibility table (Markdown) of a run of the whole design."""
+    """The compatibility table (Markdown) from a result of every cell of the design."""
     by_version: dict[str, list[CellResult]] = {}
     for result in results:
         by_version.setdefault(result.version, []).append(result)
@@ -515,8 +550,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--check-readme",
         action="store_true",
-        help="after a run of the whole design, say (without failing) whether README.md's table "
-        "is the one this run generated, instead of rewriting it",
+        help="when the design is complete, say (without failing) whether README.md's table is "
+        "the one generated from the results, instead of rewriting it",
     )
     parser.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --)")
     return parser.parse_args(argv)
@@ -563,10 +598,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log("interrupted")
         return 2
-    CACHE.mkdir(parents=True, exist_ok=True)
-    (CACHE / "results.json").write_text(
-        json.dumps([dataclasses.asdict(r) for r in results], indent=1)
-    )
+    # Only whole suites are results of a cell; a selection of tests is not.
+    recorded = _merge_results([] if args.pytest_args else results)
     failed = [r for r in results if not r.ok]
     print()
     for result in results:
@@ -582,10 +615,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"matrix: {len(results) - len(failed)} of {len(results)} cells passed "
         f"in {time.monotonic() - started:.0f} s"
     )
-    whole = not (args.sdk or args.python or args.pytest_args) and len(cells) == len(pairs)
-    if whole and results:
+    # The table needs a result of every cell of the design, of these sources, whole suites.
+    sources = source_digest()
+    design_results = [
+        recorded[cell.name]
+        for cell in (Cell(s, newest if s == "newest" else s, p) for s, p in pairs)
+        if cell.name in recorded and recorded[cell.name].sources == sources
+    ]
+    if len(design_results) == len(pairs) and results:
         date = datetime.date.today().isoformat()
-        new_table = table(results, date)
+        new_table = table(design_results, date)
         (CACHE / "compatibility.md").write_text(new_table + "\n")
         text = README.read_text()
         if args.check_readme:
@@ -596,11 +635,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else "README.md's compatibility table differs from this run's "
                 "(.cache/matrix/compatibility.md): run `make matrix` and commit README.md"
             )
-        elif not failed:
+        elif all(r.ok for r in design_results):
             README.write_text(replace_table(text, new_table))
-            log("README.md: compatibility table rewritten from this run")
+            log("README.md: compatibility table rewritten from the results of the design")
     elif results:
-        log("a part of the design ran: README.md's table is left as it is")
+        log(
+            f"{len(design_results)} of {len(pairs)} cells of the design have results of these "
+            "sources: README.md's table is left as it is"
+        )
     return 1 if failed else 0
 
 
