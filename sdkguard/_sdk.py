@@ -38,12 +38,11 @@ http: Any = vars(_base_client).get("httpx2") or vars(_base_client).get("httpx")
 
 def unsupported() -> str | None:
     """Why sdkguard must leave the imported SDK alone (a version it does not support), or None."""
-    from sdkguard._doctor import satisfies
-    from sdkguard._instrumentor import ANTHROPIC_REQUIREMENT
+    from sdkguard import _version
 
-    version = anthropic.__version__
-    if satisfies(version, ANTHROPIC_REQUIREMENT.replace(" ", "")) is False:
-        return f"anthropic {version} is not supported (sdkguard supports {ANTHROPIC_REQUIREMENT})"
+    version, requirement = anthropic.__version__, _version.ANTHROPIC_REQUIREMENT
+    if _version.satisfies(version, requirement.replace(" ", "")) is False:
+        return f"anthropic {version} is not supported (sdkguard supports {requirement})"
     return None
 
 

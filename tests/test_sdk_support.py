@@ -93,8 +93,8 @@ def test_at_interpreter_start_an_unsupported_sdk_never_breaks_the_program(
     # install() before anthropic is imported: the refusal happens inside `import anthropic`.
     script = textwrap.dedent(
         f"""
-        import sdkguard, sdkguard._instrumentor
-        sdkguard._instrumentor.ANTHROPIC_REQUIREMENT = "anthropic >= 99"  # none is supported
+        import sdkguard, sdkguard._version
+        sdkguard._version.ANTHROPIC_REQUIREMENT = "anthropic >= 99"  # none is supported
         sdkguard.install()
         import anthropic
         print(sdkguard.is_installed())
