@@ -552,6 +552,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "-n", "--workers", type=int, default=3, help="pytest-xdist workers per cell (default 3)"
     )
     parser.add_argument("--list", action="store_true", help="print the cells and stop")
+    parser.add_argument(
+        "--table",
+        action="store_true",
+        help="run nothing: write README.md's table from the results recorded earlier",
+    )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the environments")
     parser.add_argument(
         "--check-readme",
@@ -589,6 +594,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if interpreters[python] is not None
         ]
         log(f"newest = anthropic {newest}; {len(cells)} cells of {len(pairs)} in the design")
+        if args.table:
+            cells = []
         if args.list:
             for cell in cells:
                 print(cell.name)
@@ -628,7 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for cell in (Cell(s, newest if s == "newest" else s, p) for s, p in pairs)
         if cell.name in recorded and recorded[cell.name].sources == sources
     ]
-    if len(design_results) == len(pairs) and results:
+    if len(design_results) == len(pairs) and (results or args.table):
         date = datetime.date.today().isoformat()
         new_table = table(design_results, date)
         (CACHE / "compatibility.md").write_text(new_table + "\n")
@@ -644,7 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif all(r.ok for r in design_results):
             README.write_text(replace_table(text, new_table))
             log("README.md: compatibility table rewritten from the results of the design")
-    elif results:
+    elif results or args.table:
         log(
             f"{len(design_results)} of {len(pairs)} cells of the design have results of these "
             "sources: README.md's table is left as it is"
