@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import fcntl
 import glob
 import hashlib
 import json
@@ -419,6 +420,19 @@ def run_cell(cell: Cell, env: Env, python_version: str, args: argparse.Namespace
     log(f"{cell.name}: running the suite (log: {logfile.relative_to(REPO)})")
     started = time.monotonic()
     code, outcomes = _pytest(env, ["-n", str(args.workers), *args.pytest_args], junit, logfile)
+    return _result(cell, env, python_version, code, outcomes, started)
+
+
+def _result(
+    cell: Cell,
+    env: Env,
+    python_version: str,
+    code: int,
+    outcomes: dict[str, str],
+    started: float,
+) -> CellResult:
+    """The result of a cell from its run's outcomes, its failed tests run again alone."""
+    logfile = CACHE / f"{cell.name}.pytest.log"
     failed = sorted(node for node, outcome in outcomes.items() if outcome == "failed")
     failed, flaky = recheck(cell, env, failed)
     if flaky:
@@ -465,6 +479,31 @@ def run_cell(cell: Cell, env: Env, python_version: str, args: argparse.Namespace
     return result
 
 
+def _collect(
+    cells: list[Cell], interpreters: dict[str, tuple[str, str] | None]
+) -> list[CellResult]:
+    """Results from the JUnit files of `cells` that the current sources produced."""
+    newest_source = max(
+        path.stat().st_mtime
+        for path in [
+            REPO / "pyproject.toml",
+            *REPO.glob("sdkguard/**/*.py"),
+            *REPO.glob("tests/*.py"),
+        ]
+    )
+    collected = []
+    for cell in cells:
+        junit = CACHE / f"{cell.name}.junit.xml"
+        if not junit.exists() or junit.stat().st_mtime <= newest_source:
+            continue
+        executable, python_version = interpreters[cell.python]  # type: ignore[misc]
+        env = build_env(cell, executable, rebuild=False)
+        outcomes = _outcomes(junit)
+        code = 1 if "failed" in outcomes.values() else 0
+        collected.append(_result(cell, env, python_version, code, outcomes, time.monotonic()))
+    return collected
+
+
 def _recheck_recorded(
     cells: list[Cell], interpreters: dict[str, tuple[str, str] | None]
 ) -> list[CellResult]:
@@ -493,6 +532,13 @@ def _recheck_recorded(
 def _merge_results(results: list[CellResult]) -> dict[str, CellResult]:
     """Add `results` to those of `.cache/matrix/results.json` (one per cell); all of them."""
     path = CACHE / "results.json"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / "results.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # runs of other parts of the design may write too
+        return _merge_locked(path, results)
+
+
+def _merge_locked(path: Path, results: list[CellResult]) -> dict[str, CellResult]:
     recorded: dict[str, CellResult] = {}
     if path.exists():
         try:
@@ -607,6 +653,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "results (of the current sources), to tell flakes from failures",
     )
     parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="run nothing new: record the chosen cells' last JUnit files that are newer than "
+        "every tested source (runs that were stopped before they recorded their results)",
+    )
+    parser.add_argument(
         "--table",
         action="store_true",
         help="run nothing: write README.md's table from the results recorded earlier",
@@ -658,10 +710,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.recheck:
             results = _recheck_recorded(cells, interpreters)
             cells = []
+        if args.collect:
+            results = _collect(cells, interpreters)
+            cells = []
         for cell in cells:
             executable, python_version = interpreters[cell.python]  # type: ignore[misc]
             env = build_env(cell, executable, rebuild=args.rebuild)
             results.append(run_cell(cell, env, python_version, args))
+            if not args.pytest_args:  # kept at once: a stopped run keeps its finished cells
+                _merge_results(results[-1:])
     except BuildError as err:
         log(f"error: {err}")
         return 2
