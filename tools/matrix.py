@@ -156,17 +156,15 @@ class Cell:
 def design(full: bool) -> list[tuple[str, str]]:
     """The (sdk, python) pairs to run.
 
-    The covering design: every SDK version on the default Python; the oldest and the newest
-    SDK on every Python; each middle version on one more Python, in turn (0.125.0 on 3.10,
-    1.15.0 on 3.12, 2.0.0 on 3.13). 14 of the 20 cells; `full` gives all 20.
+    The covering design: every SDK release on the default Python, and the oldest and the
+    newest release on every Python: 11 of the 20 cells, which CI can run in its 25 minutes
+    (a cell takes about two minutes on two cores); `full` gives all 20.
     """
     if full:
         return [(sdk, python) for sdk in SDK_VERSIONS for python in PYTHONS]
-    oldest, *middle, newest = SDK_VERSIONS
-    others = [python for python in PYTHONS if python != DEFAULT_PYTHON]
+    oldest, newest = SDK_VERSIONS[0], SDK_VERSIONS[-1]
     pairs = {(sdk, DEFAULT_PYTHON) for sdk in SDK_VERSIONS}
-    pairs |= {(sdk, python) for sdk in (oldest, newest) for python in others}
-    pairs |= set(zip(middle, others, strict=False))
+    pairs |= {(sdk, python) for sdk in (oldest, newest) for python in PYTHONS}
     return sorted(pairs, key=lambda pair: (SDK_VERSIONS.index(pair[0]), pair[1]))
 
 
