@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test lint typecheck unit sdk-suite bench bench-smoke clean
+.PHONY: demo test lint typecheck unit sdk-suite matrix bench bench-smoke clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,8 +34,16 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	@touch $(BENCH_STAMP)
 
+# The SDK's own suite, plain and guarded: the installed (newest) release by default;
+# SDK="0.93.0 newest" for several, SDK=all for every release of the matrix.
+SDK ?= newest
 sdk-suite: $(STAMP)
-	$(BIN)/python tools/sdk_suite.py
+	$(BIN)/python tools/sdk_suite.py $(foreach v,$(SDK),--version $(v))
+
+# sdkguard's suite on every supported SDK release and Python (docs/compatibility.md);
+# MATRIX="--full" for every pair, MATRIX="--sdk 0.93.0 --python 3.10" for some.
+matrix: $(STAMP)
+	$(BIN)/python tools/matrix.py $(MATRIX)
 
 # Every benchmark; writes benchmarks/RESULTS.md, benchmarks/timeline.png and the README's
 # headline figures (about 10 minutes on a quiet machine, 20 on a heavily loaded one).

@@ -81,6 +81,7 @@ from _common import (
 )
 
 import sdkguard
+from sdkguard._stream import guard_of
 
 HERE = Path(__file__).resolve().parent
 PLAIN, GUARDED, DISABLED, TENACITY, STAMINA = "plain", "guarded", "disabled", "tenacity", "stamina"
@@ -866,7 +867,7 @@ def _held_by_guard(streams: Sequence[Any], n: int) -> dict[str, float]:
         before = tracemalloc.get_traced_memory()[0]
         try:
             for stream in streams:
-                probe(stream._sdkguard)
+                probe(guard_of(stream))
         except AttributeError:
             freed[f"{label} (not measured: internals changed)"] = 0.0
             continue
@@ -880,6 +881,7 @@ def _drop_options(guard: Any) -> None:
 
 
 def _drop_blocks(guard: Any) -> None:
+    guard.delivery.message = None
     guard.delivery.blocks = {}
 
 

@@ -114,7 +114,7 @@ class GuardedCall:
         self.telemetry = (
             _telemetry.start_call(
                 lambda: self.name,
-                options.json_data,
+                _sdk.request_body(options),
                 client.base_url,
                 stream=stream,
                 sdk_call=sdk_call,

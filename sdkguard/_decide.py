@@ -291,7 +291,9 @@ def classify_exception(err: BaseException, *, phase: Phase, stream: bool) -> Fai
     `err` is what the SDK raised: an `APIConnectionError` whose cause is the transport error,
     or, while a body is read, the raw transport error itself.
     """
-    from anthropic import APIConnectionError, APITimeoutError, RetryableError
+    from anthropic import APIConnectionError, APITimeoutError
+
+    from sdkguard._sdk import RetryableError
 
     if isinstance(err, json.JSONDecodeError):
         # Raised by the SDK parsing a 2xx body or an event's data: a corrupt transfer.

@@ -26,7 +26,7 @@ from typing import Any
 
 from sdkguard import _patch, _startup
 from sdkguard._policy import Policy, env_names, parse_env
-from sdkguard._version import __version__
+from sdkguard._version import ANTHROPIC_REQUIREMENT, __version__, satisfies
 
 __all__ = ["add_parser", "collect", "render"]
 
@@ -123,61 +123,12 @@ def _requirement() -> str:
         match = re.fullmatch(r"anthropic\s*(?:\[[^\]]*\])?\s*(.*)", spec, re.IGNORECASE)
         if match and "extra" not in line.partition(";")[2]:
             return "anthropic" + ",".join(sorted(match[1].replace(" ", "").split(","), key=_order))
-    from sdkguard._instrumentor import ANTHROPIC_REQUIREMENT
-
     return ANTHROPIC_REQUIREMENT.replace(" ", "")
 
 
 def _order(clause: str) -> int:
     # Lower bounds first: ">=0.93,<3" reads better than metadata's "<3,>=0.93".
     return 0 if clause.startswith((">", "~", "=")) else 1
-
-
-_CLAUSE = re.compile(r"(>=|<=|==|!=|~=|>|<)\s*([0-9][0-9A-Za-z.*+!-]*)")
-
-
-def satisfies(version: str, requirement: str) -> bool | None:
-    """Whether `version` meets the clauses of `requirement` ("anthropic>=0.93,<3"); None when
-    a clause is not understood. Compares release numbers only (pre-releases as their release).
-    """
-    clauses = requirement.split("anthropic", 1)[-1]
-    release = _release(version)
-    if release is None:
-        return None
-    for clause in filter(None, (c.strip() for c in clauses.split(","))):
-        match = _CLAUSE.fullmatch(clause)
-        if match is None:
-            return None
-        op, ref = match[1], match[2]
-        wildcard = ref.endswith(".*")
-        bound = _release(ref[:-2] if wildcard else ref)
-        if bound is None:
-            return None
-        if wildcard and op in ("==", "!="):
-            equal = release[: len(bound)] == bound
-            if equal != (op == "=="):
-                return False
-            continue
-        width = max(len(release), len(bound))
-        mine = release + (0,) * (width - len(release))
-        theirs = bound + (0,) * (width - len(bound))
-        ok = {
-            ">=": mine >= theirs,
-            "<=": mine <= theirs,
-            ">": mine > theirs,
-            "<": mine < theirs,
-            "==": mine == theirs,
-            "!=": mine != theirs,
-            "~=": mine >= theirs and release[: len(bound) - 1] == bound[:-1],
-        }[op]
-        if not ok:
-            return False
-    return True
-
-
-def _release(version: str) -> tuple[int, ...] | None:
-    match = re.match(r"\s*v?(\d+(?:\.\d+)*)", version)
-    return tuple(int(part) for part in match[1].split(".")) if match else None
 
 
 # -- startup activation ---------------------------------------------------------------------

@@ -18,11 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from sdkguard._patch import install, is_installed, uninstall
 from sdkguard._policy import Policy
+from sdkguard._version import ANTHROPIC_REQUIREMENT
 
 __all__ = ["ANTHROPIC_REQUIREMENT", "SdkguardInstrumentor"]
 
-ANTHROPIC_REQUIREMENT = "anthropic >= 0.93, < 3"
-"""The SDK versions sdkguard supports (as in `pyproject.toml`)."""
 
 _POLICY_FIELDS = frozenset(f.name for f in dataclasses.fields(Policy))
 

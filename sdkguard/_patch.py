@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ class _State:
     policy: Policy = field(default_factory=Policy)
     # (owner, attribute, original value from the owner's __dict__), to restore exactly
     originals: list[tuple[type, str, Any]] = field(default_factory=list)
+    # Why the imported SDK is left unguarded (unsupported version, internals not found).
+    refused: str | None = None
 
 
 _state = _State()
@@ -95,9 +98,29 @@ def _patch(owner: type, name: str, wrapper: Callable[..., Any]) -> None:
 
 
 def _apply_patches() -> None:
-    global _drivers
-    if _state.originals:
+    """Patch the SDK, or leave it exactly as it is (and say so, once) when it cannot be."""
+    if _state.originals or _state.refused:
         return
+    try:
+        from sdkguard import _sdk
+
+        _state.refused = _sdk.unsupported()
+        if _state.refused is None:
+            _patch_sdk()
+            return
+    except Exception as err:  # the SDK's internals moved: never break the import of anthropic
+        for owner, name, original in reversed(_state.originals):
+            setattr(owner, name, original)
+        _state.originals.clear()
+        _state.refused = f"sdkguard cannot patch this anthropic SDK ({type(err).__name__}: {err})"
+    _state.installed = False
+    warnings.warn(
+        f"{_state.refused}: sdkguard leaves the SDK as it is, unguarded", RuntimeWarning, 2
+    )
+
+
+def _patch_sdk() -> None:
+    global _drivers
     from anthropic import _base_client
 
     from sdkguard import _drivers as drivers

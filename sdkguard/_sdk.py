@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import inspect
 import json
 import math
 import socket
 import sys
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import anthropic
@@ -30,12 +31,31 @@ __all__ = [
     "error_type",
     "http",
     "make_timeout",
+    "unsupported",
 ]
 
 SDK_VERSION: str = anthropic.__version__
 
 # The HTTP library the SDK is built on: httpx up to 0.x, httpx2 from 1.0.
-http: Any = vars(_base_client).get("httpx2") or vars(_base_client)["httpx"]
+http: Any = vars(_base_client).get("httpx2") or vars(_base_client).get("httpx")
+
+
+def unsupported() -> str | None:
+    """Why sdkguard must leave the imported SDK alone (a version it does not support), or None."""
+    from sdkguard import _version
+
+    version, requirement = anthropic.__version__, _version.ANTHROPIC_REQUIREMENT
+    if _version.satisfies(version, requirement.replace(" ", "")) is False:
+        return f"anthropic {version} is not supported (sdkguard supports {requirement})"
+    return None
+
+
+class _NeverRaised(Exception):
+    """Stands for an SDK exception class that this SDK version does not have."""
+
+
+# Raised by client middleware (0.108+) to ask for a retry.
+RetryableError: type[Exception] = getattr(anthropic, "RetryableError", _NeverRaised)
 
 MESSAGE_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
 _RETRY_COUNT_HEADER = "x-stainless-retry-count"
@@ -50,8 +70,6 @@ def request_method(client_class: type) -> str:
     per call and a body prepared once (a generator of messages is read once). Before that,
     `request()` itself is the loop.
     """
-    import inspect
-
     inner = client_class.__dict__.get("_request")
     if inner is not None and "call" in inspect.signature(inner).parameters:
         return "_request"
@@ -65,6 +83,18 @@ def is_guarded_request(options: Any) -> bool:
     url: str = options.url
     query = url.find("?")
     return (url if query < 0 else url[:query]) in MESSAGE_PATHS
+
+
+def request_body(options: Any) -> Any:
+    """The JSON body of a request, `extra_body` included.
+
+    From 1.14 the SDK merges `extra_body` into the body before its retry loop; before, only
+    when it builds each attempt's request, so the options seen here still hold it apart.
+    """
+    body, extra = options.json_data, options.extra_json
+    if isinstance(extra, dict) and extra:
+        return {**body, **extra} if isinstance(body, dict) else extra
+    return body
 
 
 def call_name(cast_to: Any, options: Any) -> str:
@@ -272,12 +302,23 @@ def request_of(err: BaseException) -> Any:
     return request
 
 
+# Bedrock streams report a failure as an AWS exception, which the SDK passes on by its name.
+_BEDROCK_ERROR_TYPES = {
+    "serviceUnavailableException": "overloaded_error",
+    "throttlingException": "rate_limit_error",
+    "internalServerException": "api_error",
+    "modelStreamErrorException": "api_error",
+    "modelTimeoutException": "timeout_error",
+    "validationException": "invalid_request_error",
+}
+
+
 def error_type(body: object) -> str | None:
-    """`overloaded_error` from the body of an `event: error`."""
+    """`overloaded_error` from the body of an `event: error` (Bedrock's exception names too)."""
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict) and isinstance(error.get("type"), str):
-            return str(error["type"])
+            return _BEDROCK_ERROR_TYPES.get(error["type"], error["type"])
     return None
 
 
@@ -310,6 +351,49 @@ def is_async_stream(value: object) -> bool:
 def http_response_of(value: Any) -> Any:
     """The http response of a `Stream` or of a raw-response wrapper."""
     return getattr(value, "response", None) or getattr(value, "http_response", None)
+
+
+def on_parsed_stream(raw: Any, adopt: Callable[[Any], Any]) -> bool:
+    """Have `adopt` take the event stream that `raw.parse()` makes of a raw response.
+
+    A raw response (`with_raw_response`) of a stream holds no events until the caller parses
+    it (langchain-anthropic streams that way); the `Stream` it then makes restarts like any
+    other. `parse` is async on the async client's raw responses from 2.0, sync before (and on
+    the sync client). False when `raw` cannot be parsed into a stream.
+    """
+    parse = getattr(raw, "parse", None)
+    if parse is None:
+        return False
+
+    def adopted(parsed: Any) -> Any:
+        # `adopt` leaves alone a stream it guards already (the raw response keeps what it
+        # parsed, and a second `parse()` returns the same stream).
+        return adopt(parsed) if is_event_stream(parsed) else parsed
+
+    if inspect.iscoroutinefunction(parse):
+
+        async def parse_async(*args: Any, **kwargs: Any) -> Any:
+            return adopted(await parse(*args, **kwargs))
+
+        raw.parse = parse_async
+    else:
+        raw.parse = lambda *args, **kwargs: adopted(parse(*args, **kwargs))
+    return True
+
+
+def parsing(send: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`send`, for a raw response: the event stream that each attempt's response parses into."""
+    return lambda options: send(options).parse()
+
+
+def parsing_async(send: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
+    """`parsing` for the async client, whose raw responses parse with or without `await`."""
+
+    async def send_and_parse(options: Any) -> Any:
+        parsed = (await send(options)).parse()
+        return await parsed if inspect.isawaitable(parsed) else parsed
+
+    return send_and_parse
 
 
 def take_iterator(stream: Any, replacement: Any) -> Any:
@@ -370,6 +454,35 @@ class _ProgressWatch:
             elif now - last > limit:
                 raise StallDetected(f"no content for {now - last:.2f} s")
             yield sse
+
+
+def adapt_stream(stream: Any) -> None:
+    """Make a Bedrock stream of anthropic 0.x report a failure as later versions do.
+
+    Up to 0.125 the Bedrock decoder raises `ValueError("Bad response code ...")` for an AWS
+    exception frame (`throttlingException`, ...); from 1.0 the stream raises it as an
+    `APIStatusError` whose body names the exception, which sdkguard classifies like an SSE
+    `error` event. Old streams get the same, so their failures are retried and raised alike.
+    """
+    decoder: Any = getattr(stream, "_decoder", None)
+    parse = getattr(decoder, "_parse_message_from_event", None)
+    if parse is None or not SDK_VERSION.startswith("0."):
+        return
+
+    def parse_message(message: Any) -> Any:
+        response = message.to_response_dict()
+        if response["status_code"] == 200:
+            return parse(message)
+        headers = response["headers"]
+        try:
+            text = json.loads(response["body"]).get("message")
+        except (ValueError, AttributeError):
+            text = None
+        kind = headers.get(":exception-type") or headers.get(":error-code")
+        body = {"type": "error", "error": {"type": kind, "message": text}}
+        raise stream._client._make_status_error(f"{body}", body=body, response=stream.response)
+
+    decoder._parse_message_from_event = parse_message
 
 
 def watch_progress(stream: Any, limit: float) -> None:

@@ -230,6 +230,7 @@ class _Guard:
         """Prepare a new attempt's stream: body limits, progress watch, its event iterator."""
         call = self.call
         _sdk.set_body_read_timeout(attempt_stream.response, call.body_read_timeout())
+        _sdk.adapt_stream(attempt_stream)
         if call.policy.progress_timeout is not None:
             _sdk.watch_progress(attempt_stream, call.policy.progress_timeout)
         if call.telemetry is not None:
@@ -436,12 +437,12 @@ def guard_of(stream: Any) -> _Guard | None:
 
 def adopt_sync(call: GuardedCall, result: Any, send: Callable[[Any], Any]) -> Any:
     """Guard the body of the stream the first attempt returned; return it to the caller."""
-    return _adopt(_SyncGuard, call, result, send)
+    return _adopt(_SyncGuard, call, result, send, _sdk.parsing)
 
 
 def adopt_async(call: GuardedCall, result: Any, send: Callable[[Any], Awaitable[Any]]) -> Any:
     """`adopt_sync` for the async client."""
-    return _adopt(_AsyncGuard, call, result, send)
+    return _adopt(_AsyncGuard, call, result, send, _sdk.parsing_async)
 
 
 def _adopt(
@@ -449,14 +450,15 @@ def _adopt(
     call: GuardedCall,
     result: Any,
     send: Callable[[Any], Any],
+    parsing: Callable[[Any], Any],
 ) -> Any:
     if not _sdk.is_event_stream(result):
-        # A raw response (`with_raw_response`, `with_streaming_response`): the caller reads the
-        # bytes itself, so only the opening was restartable; the idle limit still applies.
-        response = _sdk.http_response_of(result)
-        if response is not None:
-            _sdk.set_body_read_timeout(response, call.body_read_timeout())
-        call.succeeded(result)
+        return _adopt_raw(
+            call,
+            result,
+            lambda stream: _adopt(guard_class, call, stream, parsing(send), parsing),
+        )
+    if guard_of(result) is not None:
         return result
     _guard(guard_class, call, result, send)
     _end_spans_when_dropped(result, call)
@@ -504,6 +506,23 @@ async def drain_async(
 def _nothing_delivered() -> None:
     # A drained stream's restart has nothing to forget: `prime` resets the delivery.
     pass
+
+
+def _adopt_raw(call: GuardedCall, result: Any, adopt: Callable[[Any], Any]) -> Any:
+    """A raw response (`with_raw_response`, `with_streaming_response`) of the first attempt.
+
+    The idle limit applies to its body. A stream's raw response that the caller parses becomes
+    a guarded stream (`adopt`), restartable before content; one whose bytes the caller reads
+    itself was restartable only until its headers arrived.
+    """
+    response = _sdk.http_response_of(result)
+    if response is not None:
+        _sdk.set_body_read_timeout(response, call.body_read_timeout())
+    if call.stream and _sdk.on_parsed_stream(result, adopt):
+        _end_spans_when_dropped(result, call)  # when the caller never parses it
+    else:
+        call.succeeded(result)
+    return result
 
 
 def _end_spans_when_dropped(stream: Any, call: GuardedCall) -> None:

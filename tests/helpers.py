@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from typing import Any
 
 import anthropic
 import anyio
+import pytest
 
 from sdkguard.testing import FakeAnthropic, SentResponse
 
@@ -18,6 +20,16 @@ MESSAGE_ARGS: dict[str, Any] = {
     "messages": [{"role": "user", "content": "secret prompt text"}],
 }
 API_KEY = "sk-test-secret-key"
+
+# What the SDK raises for a 529: exported at the top level from 0.94 on, and a subclass of
+# InternalServerError only from 2.x on, so tests name it by its defining module.
+OverloadedError: type[anthropic.APIStatusError] = anthropic._exceptions.OverloadedError
+
+# The SDK's own OpenTelemetry tracing (anthropic >= 1.14), and client arguments that turn it
+# off (none before: there is nothing to turn off, and no `open_telemetry` argument).
+SDK_TRACING = importlib.util.find_spec("anthropic._tracing") is not None
+WITHOUT_SDK_TRACING: dict[str, Any] = {"open_telemetry": False} if SDK_TRACING else {}
+needs_sdk_tracing = pytest.mark.skipif(not SDK_TRACING, reason="this SDK has no tracing of its own")
 
 # How a user reads a call: a raw stream, a plain call, the stream helper event by event, or
 # the stream helper waiting for its final message only.

@@ -19,6 +19,7 @@ from sdkguard import _demo
 from sdkguard._cli import main
 from sdkguard._decide import BUDGET
 from sdkguard._patch import current_policy
+from sdkguard._sdk import http
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -106,7 +107,7 @@ def test_a_silent_stream_freezes_the_sdk_and_sdkguard_recovers(
     assert (silent.plain, silent.plain_tries) == ("FAILED", 1)
     assert silent.plain_seconds >= 0.8  # the plain client's read timeout in fast mode
     assert column(silent.block, "plain").startswith("FAILED")
-    assert "0 tokens, then httpx2.ReadTimeout" in column(silent.block, "plain")
+    assert f"0 tokens, then {http.__name__}.ReadTimeout" in column(silent.block, "plain")
     assert (silent.guarded, silent.guarded_tries) == ("ok", 2)
     assert re.search(
         r"^ +WARNING sdkguard: messages\.create: the stream went silent; retrying in [\d.]+ s "

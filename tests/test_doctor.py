@@ -16,10 +16,11 @@ import textwrap
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import anthropic
 import pytest
 
 import sdkguard
-from sdkguard import _doctor, _startup
+from sdkguard import _doctor, _sdk, _startup
 from sdkguard._doctor import collect, render, satisfies
 
 pytestmark = pytest.mark.timeout(120)
@@ -103,7 +104,8 @@ def test_a_good_configuration_as_json() -> None:
     assert policy["retry_statuses"]["value"] == [408, 409, 429, 500, 502, 503, 504, 529]
     assert policy["on_retry"]["variable"] is None
     assert report["patched"]["trial"] is True, "not installed here: what install() patches"
-    assert any(t.endswith("SyncAPIClient._request") for t in report["patched"]["targets"])
+    method = _sdk.request_method(anthropic._base_client.SyncAPIClient)  # `_request` from 1.14
+    assert any(t.endswith(f"SyncAPIClient.{method}") for t in report["patched"]["targets"])
     assert report["opentelemetry"]["configured"] is False
     assert report["opentelemetry"]["instrumentor"]["entry_point"] is True
     assert any("startup activation is off" in note for note in report["notes"])

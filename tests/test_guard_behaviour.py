@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import inspect
 import logging
 import subprocess
 import sys
@@ -17,10 +18,10 @@ from anthropic import _base_client
 
 import sdkguard
 from sdkguard._patch import current_policy
-from sdkguard._sdk import request_method
+from sdkguard._sdk import http, request_method
 from sdkguard.testing import FakeAnthropic, faults
 from tests.conftest import FAST
-from tests.helpers import API_KEY, MESSAGE_ARGS, Seen, assert_one_clean_message
+from tests.helpers import API_KEY, MESSAGE_ARGS, OverloadedError, Seen, assert_one_clean_message
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -77,7 +78,7 @@ def test_disabled_guard_leaves_the_sdk_alone(server: FakeAnthropic, guard: None)
     with (
         sdkguard.policy(enabled=False),
         anthropic.Anthropic(base_url=server.url, api_key=API_KEY, max_retries=0) as client,
-        pytest.raises(anthropic.InternalServerError),
+        pytest.raises(OverloadedError),
     ):
         client.messages.create(**MESSAGE_ARGS)
     assert len(server.requests) == 1
@@ -89,7 +90,7 @@ def test_sdk_retries_are_off_for_guarded_calls(server: FakeAnthropic, guard: Non
     with (
         sdkguard.policy(max_attempts=3),
         anthropic.Anthropic(base_url=server.url, api_key=API_KEY, max_retries=2) as client,
-        pytest.raises(anthropic.InternalServerError),
+        pytest.raises(OverloadedError),
     ):
         client.messages.create(**MESSAGE_ARGS)
     assert len(server.requests) == 3
@@ -114,6 +115,41 @@ def test_count_tokens_beta_and_raw_responses_are_guarded(
     with client.beta.messages.stream(**MESSAGE_ARGS) as stream:
         assert stream.get_final_text() == "Hello from the fake Anthropic server."
     assert len(server.requests) == 8
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_raw_response_stream_that_is_parsed_restarts_before_content(
+    server: FakeAnthropic, guard: None, flavour: str
+) -> None:
+    # As langchain-anthropic streams: `with_raw_response.create(stream=True)`, then `parse()`.
+    server.script(faults.reset_after(2), faults.sse_error_after(3), faults.ok())
+    args = {**MESSAGE_ARGS, "stream": True}
+    if flavour == "sync":
+        with anthropic.Anthropic(base_url=server.url, api_key=API_KEY) as client:
+            raw = client.messages.with_raw_response.create(**args)
+            events = [(e.type, e.to_dict()) for e in raw.parse()]
+    else:
+
+        async def read() -> list[tuple[str, Any]]:
+            async with anthropic.AsyncAnthropic(base_url=server.url, api_key=API_KEY) as client:
+                raw = await client.messages.with_raw_response.create(**args)
+                parsed = raw.parse()  # a coroutine from anthropic 2.0, a stream before
+                stream = await parsed if inspect.isawaitable(parsed) else parsed
+                return [(e.type, e.to_dict()) async for e in stream]
+
+        events = anyio.run(read)
+    assert_one_clean_message(Seen(events=events), server.sent[2])
+    assert len(server.requests) == 3
+
+
+def test_a_raw_response_stream_read_as_bytes_is_left_to_its_reader(
+    server: FakeAnthropic, guard: None, client: anthropic.Anthropic
+) -> None:
+    server.script(faults.reset_after(2), faults.ok())
+    raw = client.messages.with_raw_response.create(**MESSAGE_ARGS, stream=True)
+    with pytest.raises(http.ReadError):
+        b"".join(raw.http_response.iter_bytes())
+    assert len(server.requests) == 1
 
 
 def test_text_stream_recovers_before_content(
@@ -235,7 +271,7 @@ def test_a_failing_hook_is_logged_and_ignored(
         5,
         "status_529",
     )
-    assert isinstance(event.error, anthropic.InternalServerError) and event.elapsed >= 0
+    assert isinstance(event.error, OverloadedError) and event.elapsed >= 0
     assert any("on_retry hook" in r.getMessage() for r in records.records)
 
 
@@ -419,7 +455,7 @@ def test_an_explicit_max_retries_is_the_callers_word(
     server.script(*[faults.status(529)] * 6)
     with (
         anthropic.Anthropic(base_url=server.url, api_key=API_KEY, max_retries=max_retries) as c,
-        pytest.raises(anthropic.InternalServerError),
+        pytest.raises(OverloadedError),
     ):
         c.messages.create(**MESSAGE_ARGS)
     assert len(server.requests) == requests

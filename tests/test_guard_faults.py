@@ -13,7 +13,7 @@ import pytest
 import sdkguard
 from sdkguard.testing import FakeAnthropic, faults
 from sdkguard.testing.faults import Answer
-from tests.helpers import MODES, assert_one_clean_message, consume
+from tests.helpers import MODES, OverloadedError, assert_one_clean_message, consume
 
 pytestmark = [pytest.mark.timeout(20), pytest.mark.usefixtures("guard")]
 FLAVOURS = ("sync", "async")  # plus "trio" where the scenario is worth a third run
@@ -151,7 +151,7 @@ NOT_RETRIED: dict[str, tuple[Answer, type[Exception]]] = {
     "status_404": (faults.status(404), anthropic.NotFoundError),
     "status_529_should_retry_false": (
         faults.status(529, headers={"x-should-retry": "false"}),
-        anthropic.InternalServerError,
+        OverloadedError,
     ),
     "sse_invalid_request": (
         faults.sse_error_after(2, error_type="invalid_request_error"),

@@ -36,8 +36,15 @@ from opentelemetry.trace import StatusCode
 
 import sdkguard
 from sdkguard import _sdk
+from sdkguard._sdk import http
 from sdkguard.testing import FakeAnthropic, faults
-from tests.helpers import API_KEY, MESSAGE_ARGS, use_global_providers
+from tests.helpers import (
+    API_KEY,
+    MESSAGE_ARGS,
+    SDK_TRACING,
+    WITHOUT_SDK_TRACING,
+    use_global_providers,
+)
 
 pytestmark = [pytest.mark.timeout(20), pytest.mark.usefixtures("guard")]
 
@@ -153,6 +160,8 @@ def instrumented(
 
 @pytest.fixture(params=["sdk", "own"])
 def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "sdk" and not SDK_TRACING:
+        pytest.skip("this SDK has no tracing of its own: mode `own` is how it runs")
     if request.param == "own":
         # As on an SDK without tracing of its own: sdkguard's span is the call span. The
         # guarded client turns the SDK's spans off to match (see `_guarded_client`).
@@ -162,7 +171,7 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 
 def _client(server: FakeAnthropic, *, sdk_tracing: bool = True) -> anthropic.Anthropic:
     return anthropic.Anthropic(
-        base_url=server.url, api_key=API_KEY, open_telemetry=None if sdk_tracing else False
+        base_url=server.url, api_key=API_KEY, **({} if sdk_tracing else WITHOUT_SDK_TRACING)
     )
 
 
@@ -201,22 +210,31 @@ def _is_call_span(span: ReadableSpan) -> bool:
     return scope == SDK_SCOPE or (scope == "sdkguard" and span.name != ATTEMPT)
 
 
-def _forest(spans: list[ReadableSpan]) -> list[tuple[Any, ...]]:
+def _forest(spans: list[ReadableSpan], *, keep_call: bool = True) -> list[tuple[Any, ...]]:
     """The trees of spans, as (label, children), attempt spans left out and the call span
-    labelled `call` whoever opened it."""
-    kept = [s for s in spans if s.name != ATTEMPT]
-    ids = {s.context.span_id for s in kept}
+    labelled `call` whoever opened it. Without `keep_call` the call span is left out too, its
+    children taking its place."""
+    dropped = {
+        s.context.span_id
+        for s in spans
+        if s.name == ATTEMPT or (not keep_call and _is_call_span(s))
+    }
+    by_id = {s.context.span_id: s for s in spans}
+
+    def parent_of(span: ReadableSpan) -> int | None:
+        parent = span.parent
+        while parent is not None and parent.span_id in dropped:
+            parent = by_id[parent.span_id].parent
+        return parent.span_id if parent is not None and parent.span_id in by_id else None
+
+    kept = [s for s in spans if s.context.span_id not in dropped]
 
     def node(span: ReadableSpan) -> tuple[Any, ...]:
         label = "call" if _is_call_span(span) else f"{_scope(span)}: {span.name}"
-        children = sorted(
-            node(s)
-            for s in kept
-            if s.parent is not None and s.parent.span_id == span.context.span_id
-        )
+        children = sorted(node(s) for s in kept if parent_of(s) == span.context.span_id)
         return (label, tuple(children))
 
-    return sorted(node(s) for s in kept if s.parent is None or s.parent.span_id not in ids)
+    return sorted(node(s) for s in kept if parent_of(s) is None)
 
 
 def _roots(spans: list[ReadableSpan]) -> list[str]:
@@ -247,9 +265,14 @@ def _check_side_by_side(
     assert len(server.requests) == 3  # the reference call, then the fault and the retry
 
     # sdkguard adds its attempt spans under the call span, and nothing else: the forest is the
-    # reference's (so no second root), the call span sitting where the SDK's span sits.
-    assert _forest(spans) == _forest(reference), (_forest(spans), _forest(reference))
-    assert len(_roots(spans)) == len(_roots(reference)) == ROOTS[name][style], _roots(spans)
+    # reference's (so no second root), the call span sitting where the SDK's span sits. An SDK
+    # without tracing of its own has no call span in the reference: sdkguard's takes the place
+    # the SDK's would have, so the trace has the same shape as on newer SDKs.
+    sdk_span = any(_is_call_span(s) for s in reference)
+    assert _forest(spans, keep_call=sdk_span) == _forest(reference), _forest(spans)
+    assert len(_roots(spans)) == ROOTS[name][style], _roots(spans)
+    if sdk_span:
+        assert len(_roots(reference)) == ROOTS[name][style], _roots(reference)
     (call,) = [s for s in spans if _is_call_span(s)]
     attempts = sorted((s for s in spans if s.name == ATTEMPT), key=lambda s: s.start_time or 0)
     assert len(attempts) == 2
@@ -300,3 +323,33 @@ def test_the_sdks_call_span_of_a_stream_restarted_after_its_headers(
     assert call.status.status_code != StatusCode.ERROR
     assert attributes["sdkguard.attempts"] == 2
     assert "gen_ai.usage.output_tokens" in attributes
+
+
+@pytest.mark.parametrize("style", ["create_stream", "stream_helper"])
+def test_a_stream_failing_after_content_ends_its_spans_as_without_sdkguard(
+    server: FakeAnthropic, instrumented: Instrumented, mode: str, style: str
+) -> None:
+    # The instrumentation sees sdkguard's StreamInterrupted where it would see the SDK's raw
+    # transport error: it ends its span exactly when it does without sdkguard (traceloop
+    # leaves a failed stream's span open either way). sdkguard's own spans end, failed.
+    recorded = instrumented[1]
+    scope = recorded.instrumentation.scope
+    server.script(faults.reset_after(6))
+    with sdkguard.policy(enabled=False), _client(server) as client, pytest.raises(http.ReadError):
+        _read(client, style)
+    reference = [s for s in recorded.take() if _scope(s) == scope]
+    server.script(faults.reset_after(6))
+    with (
+        _client(server, sdk_tracing=mode == "sdk") as client,
+        pytest.raises(sdkguard.StreamInterrupted),
+    ):
+        _read(client, style)
+    spans = recorded.take()
+    assert len(server.requests) == 2
+    own = [s for s in spans if _scope(s) == scope]
+    assert [s.name for s in own] == [s.name for s in reference]
+    assert [s.status.status_code for s in own] == [s.status.status_code for s in reference]
+    (call,) = [s for s in spans if _is_call_span(s)]
+    (attempt,) = [s for s in spans if s.name == ATTEMPT]
+    assert call.status.status_code == StatusCode.ERROR
+    assert dict(attempt.attributes or {})["sdkguard.outcome"] == "failed"

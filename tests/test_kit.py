@@ -15,14 +15,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import anthropic
-import httpx2
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sdkguard._sdk import http  # httpx2 from anthropic 1.0, httpx before
 from sdkguard.testing import FakeAnthropic, RecordedRequest, SentResponse, faults
 from sdkguard.testing.__main__ import _FAULTS, parse_fault
 from sdkguard.testing._sse import plan
+from tests.helpers import OverloadedError
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -192,7 +193,7 @@ def test_sent_is_never_behind_the_client(fake: FakeAnthropic, client: anthropic.
         seen, error = read_stream(client)
         assert isinstance(error, anthropic.APIStatusError)
         assert [n for n, _ in fake.sent[i + 2].events][-1] == "error"
-        with pytest.raises(anthropic.OverloadedError):
+        with pytest.raises(OverloadedError):
             client.messages.create(**KW)
         assert fake.sent[i + 3].status == 529
 
@@ -295,7 +296,7 @@ def test_reset_after_is_a_read_error_from_a_real_reset(
 ) -> None:
     fake.script(faults.reset_after(3))
     seen, error = read_stream(client)
-    assert isinstance(error, httpx2.ReadError)
+    assert isinstance(error, http.ReadError)
     assert caused_by(error, ConnectionResetError)
     # 3 events written (the ping among them); the consumer saw the two that are not pings
     assert [n for n, _ in done(fake).events] == ["message_start", "content_block_start", "ping"]
@@ -309,7 +310,7 @@ def test_stall_after_is_a_read_timeout(fake: FakeAnthropic) -> None:
         start = time.monotonic()
         seen, error = read_stream(client)
         elapsed = time.monotonic() - start
-    assert isinstance(error, httpx2.ReadTimeout)
+    assert isinstance(error, http.ReadTimeout)
     assert elapsed >= 0.25
     assert [n for n, _ in seen] == ["message_start", "content_block_start", "content_block_delta"]
     assert seen == done(fake).content_events()
@@ -331,7 +332,7 @@ def test_stall_before_headers_is_a_timeout(fake: FakeAnthropic) -> None:
     with make_client(fake, read=0.2) as client:
         seen, error = read_stream(client)
     assert isinstance(error, anthropic.APITimeoutError)
-    assert caused_by(error, httpx2.ReadTimeout)
+    assert caused_by(error, http.ReadTimeout)
     assert seen == [] and done(fake).status == 0
 
 
@@ -362,7 +363,7 @@ def test_status_529_is_overloaded_error(fake: FakeAnthropic, client: anthropic.A
     fake.script(faults.status(529))
     seen, error = read_stream(client)
     assert seen == []
-    assert isinstance(error, anthropic.OverloadedError)
+    assert isinstance(error, OverloadedError)
     assert error.status_code == 529
     assert error.type == "overloaded_error"
     assert error.request_id == "req_fake_1"
@@ -385,6 +386,12 @@ def test_status_headers_pass_through(fake: FakeAnthropic, client: anthropic.Anth
     assert info.value.type == "rate_limit_error"
 
 
+def api_message(error: anthropic.APIStatusError) -> Any:
+    """The error body's message (`error.api_message` only from anthropic 0.94 on)."""
+    assert isinstance(error.body, dict)
+    return error.body["error"]["message"]
+
+
 def test_status_custom_body_and_error(fake: FakeAnthropic, client: anthropic.Anthropic) -> None:
     fake.script(
         faults.status(400, body={"custom": True}),
@@ -396,7 +403,7 @@ def test_status_custom_body_and_error(fake: FakeAnthropic, client: anthropic.Ant
     assert bad.value.body == {"custom": True}
     with pytest.raises(anthropic.InternalServerError) as down:
         client.messages.create(**KW)
-    assert down.value.status_code == 503 and down.value.api_message == "down for a moment"
+    assert down.value.status_code == 503 and api_message(down.value) == "down for a moment"
     with pytest.raises(anthropic.InternalServerError) as gateway:
         client.messages.create(**KW)
     assert gateway.value.body == "<html>bad gateway</html>"
@@ -412,7 +419,7 @@ def test_status_custom_body_and_error(fake: FakeAnthropic, client: anthropic.Ant
         (413, "request_too_large", anthropic.APIStatusError),
         (429, "rate_limit_error", anthropic.RateLimitError),
         (500, "api_error", anthropic.InternalServerError),
-        (529, "overloaded_error", anthropic.OverloadedError),
+        (529, "overloaded_error", OverloadedError),
     ],
 )
 def test_status_error_types_follow_the_code(
@@ -435,7 +442,7 @@ def test_sse_error_after_is_an_api_status_error_under_200(
     fake.script(faults.sse_error_after(3))
     seen, error = read_stream(client)
     assert isinstance(error, anthropic.APIStatusError)
-    assert not isinstance(error, anthropic.OverloadedError)
+    assert not isinstance(error, OverloadedError)
     assert error.status_code == 200
     assert error.type == "overloaded_error"
     assert error.body == {
@@ -451,7 +458,7 @@ def test_sse_error_type_and_message(fake: FakeAnthropic, client: anthropic.Anthr
     fake.script(faults.sse_error_after(5, "api_error", "Internal server error!"))
     _, error = read_stream(client)
     assert isinstance(error, anthropic.APIStatusError)
-    assert (error.type, error.api_message) == ("api_error", "Internal server error!")
+    assert (error.type, api_message(error)) == ("api_error", "Internal server error!")
 
 
 def test_truncate_after_is_a_protocol_error(
@@ -459,7 +466,7 @@ def test_truncate_after_is_a_protocol_error(
 ) -> None:
     fake.script(faults.truncate_after(4))
     seen, error = read_stream(client)
-    assert isinstance(error, httpx2.RemoteProtocolError)
+    assert isinstance(error, http.RemoteProtocolError)
     assert len(seen) == 3 and seen == done(fake).content_events()
 
 
@@ -505,7 +512,7 @@ def test_faults_cut_the_reply_they_are_given(
     reply = faults.ok(faults.thinking("hmm", deltas=3), faults.text("answer"))
     fake.script(faults.reset_after(6, reply=reply))
     seen, error = read_stream(client)
-    assert isinstance(error, httpx2.ReadError)
+    assert isinstance(error, http.ReadError)
     # 6 events: message_start, content_block_start, ping, then 3 of the 4 deltas
     deltas = [d["delta"] for n, d in seen if n == "content_block_delta"]
     assert deltas == [{"type": "thinking_delta", "thinking": t} for t in "hmm"]
@@ -518,11 +525,11 @@ def test_faults_cut_the_reply_they_are_given(
     ("answer", "exc", "cause"),
     [
         (faults.reset_after(3), anthropic.APIConnectionError, ConnectionResetError),
-        (faults.stall_after(3), anthropic.APITimeoutError, httpx2.ReadTimeout),
-        (faults.pings_only_after(1, 0.05), anthropic.APITimeoutError, httpx2.ReadTimeout),
-        (faults.truncate_after(3), anthropic.APIConnectionError, httpx2.RemoteProtocolError),
-        (faults.close_after(3), anthropic.APIConnectionError, httpx2.RemoteProtocolError),
-        (faults.sse_error_after(3), anthropic.OverloadedError, None),
+        (faults.stall_after(3), anthropic.APITimeoutError, http.ReadTimeout),
+        (faults.pings_only_after(1, 0.05), anthropic.APITimeoutError, http.ReadTimeout),
+        (faults.truncate_after(3), anthropic.APIConnectionError, http.RemoteProtocolError),
+        (faults.close_after(3), anthropic.APIConnectionError, http.RemoteProtocolError),
+        (faults.sse_error_after(3), OverloadedError, None),
         (faults.sse_error_after(3, "rate_limit_error"), anthropic.RateLimitError, None),
         (faults.malformed_after(3), json.JSONDecodeError, None),
     ],
@@ -581,8 +588,8 @@ def test_requests_are_recorded(fake: FakeAnthropic, client: anthropic.Anthropic)
 
 
 def test_query_is_split_from_the_path(fake: FakeAnthropic) -> None:
-    with httpx2.Client() as http:
-        response = http.post(fake.url + "/v1/messages?beta=true", json=KW)
+    with http.Client() as raw:
+        response = raw.post(fake.url + "/v1/messages?beta=true", json=KW)
     assert response.json()["content"][0]["text"] == faults.DEFAULT_TEXT
     assert fake.requests[0].path == "/v1/messages"
     assert fake.requests[0].query == "beta=true"
@@ -607,8 +614,8 @@ def test_a_reset_connection_is_not_reused(fake: FakeAnthropic, client: anthropic
 
 
 def test_connection_close_is_honoured(fake: FakeAnthropic) -> None:
-    with httpx2.Client() as http:
-        response = http.post(fake.url + "/v1/messages", json=KW, headers={"connection": "close"})
+    with http.Client() as raw:
+        response = raw.post(fake.url + "/v1/messages", json=KW, headers={"connection": "close"})
     assert response.status_code == 200
     assert response.headers["connection"] == "close"
     deadline = time.monotonic() + 2
@@ -633,7 +640,7 @@ def test_script_is_replaced_then_default(fake: FakeAnthropic, client: anthropic.
     fake.script(faults.status(500), faults.status(501))
     fake.script(faults.status(529))
     assert fake.pending_answers == 1
-    with pytest.raises(anthropic.OverloadedError):
+    with pytest.raises(OverloadedError):
         client.messages.create(**KW)
     assert fake.pending_answers == 0
     client.messages.create(**KW)  # empty script: ok
@@ -648,7 +655,7 @@ def test_count_tokens(fake: FakeAnthropic, client: anthropic.Anthropic) -> None:
         client.messages.count_tokens(**{k: KW[k] for k in ("model", "messages")}).input_tokens > 0
     )
     fake.script(faults.status(529), faults.reset_after(1))
-    with pytest.raises(anthropic.OverloadedError):
+    with pytest.raises(OverloadedError):
         client.messages.count_tokens(model="m", messages=KW["messages"])
     # event faults do not apply to count_tokens: it is answered, taking the answer
     assert client.messages.count_tokens(model="m", messages=KW["messages"]).input_tokens > 0
@@ -663,9 +670,9 @@ def test_other_paths_do_not_take_scripted_answers(
     fake.script(faults.status(529))
     models = client.models.list()
     assert [m.id for m in models.data] == ["claude-fake-1"]
-    with httpx2.Client() as http:
-        missing = http.get(fake.url + "/v1/nothing")
-        not_json = http.post(fake.url + "/v1/messages", content=b"{nope")
+    with http.Client() as raw:
+        missing = raw.get(fake.url + "/v1/nothing")
+        not_json = raw.post(fake.url + "/v1/messages", content=b"{nope")
     assert missing.status_code == 404
     assert missing.json()["error"]["type"] == "not_found_error"
     assert not_json.status_code == 400
@@ -722,7 +729,7 @@ def test_forever_stall_ends_when_the_client_gives_up(fake: FakeAnthropic) -> Non
     fake.script(faults.stall_after(3), faults.stall_before_headers())
     with make_client(fake, read=0.2) as client:
         _, error = read_stream(client)
-        assert isinstance(error, httpx2.ReadTimeout)
+        assert isinstance(error, http.ReadTimeout)
         with pytest.raises(anthropic.APITimeoutError):
             client.messages.create(**KW)
     deadline = time.monotonic() + 2
@@ -900,7 +907,7 @@ def test_serve_cli() -> None:
         url = process.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
         with anthropic.Anthropic(base_url=url, api_key="test", max_retries=0) as client:
-            with pytest.raises(anthropic.OverloadedError):
+            with pytest.raises(OverloadedError):
                 client.messages.create(**KW)
             assert client.messages.create(**KW).content[0].text == faults.DEFAULT_TEXT
     finally:
@@ -953,7 +960,7 @@ def test_vanish_before_headers_is_silence_without_fin_or_rst(fake: FakeAnthropic
     with make_client(fake, read=0.3) as client:
         seen, error = read_stream(client)
     # The connection was neither closed nor reset: the client only sees its own timeout.
-    assert isinstance(error, anthropic.APITimeoutError) and caused_by(error, httpx2.ReadTimeout)
+    assert isinstance(error, anthropic.APITimeoutError) and caused_by(error, http.ReadTimeout)
     assert seen == [] and fake.sent[0].status == 0 and fake.open_connections == 1
 
 
@@ -962,7 +969,7 @@ def test_vanish_after_n_events(fake: FakeAnthropic) -> None:
     fake.script(faults.vanish_after(3))
     with make_client(fake, read=0.3) as client:
         seen, error = read_stream(client)
-    assert isinstance(error, httpx2.ReadTimeout)
+    assert isinstance(error, http.ReadTimeout)
     assert [t for t, _ in seen] == ["message_start", "content_block_start"]
 
 

@@ -9,10 +9,11 @@ from typing import Any
 
 import anthropic
 import anyio
-import httpx2
 import pytest
 
+from sdkguard._sdk import http  # httpx2 from anthropic 1.0, httpx before
 from sdkguard.testing import FakeAnthropic, SentResponse, faults
+from tests.helpers import OverloadedError
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(10)]
 
@@ -140,7 +141,7 @@ async def test_reset_before_headers(fake: FakeAnthropic) -> None:
 async def test_reset_after_is_a_read_error_from_a_real_reset(fake: FakeAnthropic) -> None:
     fake.script(faults.reset_after(3))
     seen, error = await read_stream(fake)
-    assert isinstance(error, httpx2.ReadError)
+    assert isinstance(error, http.ReadError)
     assert caused_by(error, ConnectionResetError)
     assert [n for n, _ in seen] == ["message_start", "content_block_start"]
     assert seen == done(fake).content_events()
@@ -150,7 +151,7 @@ async def test_stall_after_is_a_read_timeout(fake: FakeAnthropic) -> None:
     fake.script(faults.stall_after(4))
     start = time.monotonic()
     seen, error = await read_stream(fake, read=0.3)
-    assert isinstance(error, httpx2.ReadTimeout)
+    assert isinstance(error, http.ReadTimeout)
     assert time.monotonic() - start >= 0.25
     assert len(seen) == 3 and seen == done(fake).content_events()
 
@@ -177,7 +178,7 @@ async def test_status_529_is_overloaded_error(fake: FakeAnthropic) -> None:
     fake.script(faults.status(529, headers={"retry-after": "1"}))
     seen, error = await read_stream(fake)
     assert seen == []
-    assert isinstance(error, anthropic.OverloadedError)
+    assert isinstance(error, OverloadedError)
     assert error.type == "overloaded_error" and error.request_id == "req_fake_1"
     assert error.response.headers["retry-after"] == "1"
 
@@ -186,7 +187,7 @@ async def test_sse_error_after_is_an_api_status_error_under_200(fake: FakeAnthro
     fake.script(faults.sse_error_after(3))
     seen, error = await read_stream(fake)
     assert isinstance(error, anthropic.APIStatusError)
-    assert not isinstance(error, anthropic.OverloadedError)
+    assert not isinstance(error, OverloadedError)
     assert (error.status_code, error.type) == (200, "overloaded_error")
     assert seen == done(fake).content_events()[:-1]
 
@@ -194,7 +195,7 @@ async def test_sse_error_after_is_an_api_status_error_under_200(fake: FakeAnthro
 async def test_truncate_after_is_a_protocol_error(fake: FakeAnthropic) -> None:
     fake.script(faults.truncate_after(4))
     seen, error = await read_stream(fake)
-    assert isinstance(error, httpx2.RemoteProtocolError)
+    assert isinstance(error, http.RemoteProtocolError)
     assert len(seen) == 3
 
 

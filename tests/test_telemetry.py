@@ -19,7 +19,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import sdkguard
 from sdkguard import _sdk, _telemetry
 from sdkguard.testing import FakeAnthropic, faults
-from tests.helpers import API_KEY, MESSAGE_ARGS, use_global_providers
+from tests.helpers import (
+    API_KEY,
+    MESSAGE_ARGS,
+    WITHOUT_SDK_TRACING,
+    OverloadedError,
+    needs_sdk_tracing,
+    use_global_providers,
+)
 
 pytestmark = [pytest.mark.timeout(20), pytest.mark.usefixtures("guard")]
 
@@ -66,7 +73,7 @@ def otel(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorded]:
 
 
 def _client(server: FakeAnthropic) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=server.url, api_key=API_KEY, open_telemetry=False)
+    return anthropic.Anthropic(base_url=server.url, api_key=API_KEY, **WITHOUT_SDK_TRACING)
 
 
 def test_no_provider_records_nothing(server: FakeAnthropic) -> None:
@@ -75,13 +82,14 @@ def test_no_provider_records_nothing(server: FakeAnthropic) -> None:
         client.messages.create(**MESSAGE_ARGS)
 
 
+@needs_sdk_tracing
 def test_a_client_with_tracing_turned_off_gets_no_sdkguard_spans(
     server: FakeAnthropic, otel: Recorded, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.undo()  # the real switch of the installed SDK
     use_global_providers(monkeypatch, otel.tracer_provider)
     server.script(faults.status(529), faults.ok())
-    with anthropic.Anthropic(base_url=server.url, api_key=API_KEY, open_telemetry=False) as c:
+    with anthropic.Anthropic(base_url=server.url, api_key=API_KEY, **WITHOUT_SDK_TRACING) as c:
         c.messages.create(**MESSAGE_ARGS)
     assert otel.spans() == []
 
@@ -142,7 +150,7 @@ def test_a_call_that_gives_up(server: FakeAnthropic, otel: Recorded) -> None:
     with (
         sdkguard.policy(max_attempts=3),
         _client(server) as client,
-        pytest.raises(anthropic.InternalServerError),
+        pytest.raises(OverloadedError),
     ):
         client.messages.create(**MESSAGE_ARGS)
     (call,) = otel.calls()
@@ -186,7 +194,7 @@ def test_async_call_spans(server: FakeAnthropic, otel: Recorded) -> None:
 
     async def main() -> None:
         async with anthropic.AsyncAnthropic(
-            base_url=server.url, api_key=API_KEY, open_telemetry=False
+            base_url=server.url, api_key=API_KEY, **WITHOUT_SDK_TRACING
         ) as client:
             stream = await client.messages.create(**MESSAGE_ARGS, stream=True)
             async with stream:

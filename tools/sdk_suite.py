@@ -632,7 +632,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="sdk_suite.py",
         description="Run the anthropic SDK's own tests with and without sdkguard, and compare.",
     )
-    parser.add_argument("--version", help="anthropic version (default: the installed one)")
+    parser.add_argument(
+        "--version",
+        action="append",
+        help="anthropic version: X.Y.Z, `newest` (the installed one, the default) or `all` "
+        "(every release of tools/matrix.py); repeatable, each version in turn",
+    )
     parser.add_argument("--only", choices=("plain", "guarded"), help="run one side only")
     parser.add_argument("-k", dest="keyword", metavar="EXPR", help="pytest -k expression")
     parser.add_argument(
@@ -709,9 +714,31 @@ def confirm(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        versions = expand_versions(args.version or ["newest"])
+    except SuiteError as err:
+        log(f"error: {err}")
+        return 2
+    # The worst status of all: a version that could not run (2) outweighs a failure (1).
+    return max(run_version(version, args) for version in versions)
+
+
+def expand_versions(names: Sequence[str]) -> list[str]:
+    from matrix import SDK_VERSIONS  # tools/ is this script's folder
+
+    versions: list[str] = []
+    for name in names:
+        for version in SDK_VERSIONS if name == "all" else [name]:
+            version = installed_version() if version == "newest" else version
+            if version not in versions:
+                versions.append(version)
+    return versions
+
+
+def run_version(version: str, args: argparse.Namespace) -> int:
+    """The comparison for one SDK version: its exit status."""
     started = time.monotonic()
     try:
-        version = args.version or installed_version()
         sdist = fetch_sdist(version)
         venv = build_venv(version, sdist, rebuild=args.rebuild)
         origin = check_import_origin(venv, sdist)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
-from sdkguard.testing import _sse
+from sdkguard.testing import _platforms, _sse
 from sdkguard.testing.faults import (
     DEFAULT_OK,
     VANISH_SUPPORTED,
@@ -47,8 +47,6 @@ from sdkguard.testing.faults import (
 
 __all__ = ["FakeAnthropic", "RecordedRequest", "SentResponse"]
 
-MESSAGES_PATH = "/v1/messages"
-COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 MODELS_PATH = "/v1/models"
 
 _READ_SIZE = 65536
@@ -79,10 +77,14 @@ class RecordedRequest:
     connection: int
     """Id of the TCP connection it came on, counting from 0: shows whether one was reused."""
     raw_body: bytes = field(default=b"", repr=False)
+    platform: str = "anthropic"
+    """`"anthropic"`; `"bedrock"` or `"vertex"` for the paths of those clients (docs/testing.md)."""
 
     @property
     def stream(self) -> bool:
-        """Whether the body asked for a stream (`"stream": true`)."""
+        """Whether the request asked for a stream (`"stream": true`; Bedrock: by its path)."""
+        if self.platform == _platforms.BEDROCK:
+            return self.path.endswith("/invoke-with-response-stream")
         return isinstance(self.body, dict) and self.body.get("stream") is True
 
 
@@ -757,7 +759,8 @@ class FakeAnthropic:
         keep_alive = "close" not in connection and (
             request.version != "HTTP/1.0" or "keep-alive" in connection
         )
-        is_messages = request.method == "POST" and path in (MESSAGES_PATH, COUNT_TOKENS_PATH)
+        route = _platforms.route(request.method, path)
+        is_messages = route is not None
         with self._cond:
             # A counter, not len(requests): ids stay unique if a test clears the lists.
             self._received += 1
@@ -782,6 +785,7 @@ class FakeAnthropic:
                 received_at=time.monotonic(),
                 connection=conn.id,
                 raw_body=request.body,
+                platform=route.platform if route is not None else _platforms.ANTHROPIC,
             )
             sent = SentResponse(fault=name)
             self.requests.append(recorded)
@@ -789,11 +793,11 @@ class FakeAnthropic:
             self._cond.notify_all()
         reply = _Reply(conn, sent, n, keep_alive, recorded)
         try:
-            if answer is None:
+            if answer is None or route is None:
                 return self._builtin(reply, name, path)
-            if path == COUNT_TOKENS_PATH:
+            if route.count_tokens:
                 return self._count_tokens(reply, answer)
-            return self._messages(reply, answer)
+            return self._messages(reply, answer, route.model)
         finally:
             sent._done.set()
 
@@ -895,7 +899,7 @@ class FakeAnthropic:
         tokens = max(1, len(reply.request.raw_body) // 4)
         return self._send_json(reply, 200, _sse.dumps({"input_tokens": tokens}))
 
-    def _messages(self, reply: _Reply, answer: Answer) -> _End:
+    def _messages(self, reply: _Reply, answer: Answer, path_model: str | None) -> _End:
         if isinstance(answer, Status):
             return self._status(reply, answer)
         if isinstance(answer, ResetBeforeHeaders):
@@ -906,7 +910,7 @@ class FakeAnthropic:
         if isinstance(answer, StallBeforeHeaders):
             reply.conn.pause(answer.seconds)
         body = reply.request.body
-        model = ok.model or (body.get("model") if isinstance(body, dict) else None)
+        model = ok.model or (body.get("model") if isinstance(body, dict) else None) or path_model
         if not isinstance(model, str):
             model = "claude-fake"
         message_id = ok.message_id or f"msg_fake_{reply.n}"
@@ -917,8 +921,14 @@ class FakeAnthropic:
     def _stream(self, reply: _Reply, answer: Answer, ok: Ok, model: str, message_id: str) -> _End:
         conn, sent = reply.conn, reply.sent
         events = _sse.stream_events(ok, message_id=message_id, model=model)
+        bedrock = reply.request.platform == _platforms.BEDROCK
+        if bedrock:  # Bedrock streams carry no pings
+            events = [_platforms.bedrock_event(e) for e in events if e[0] != "ping"]
+        ping = _platforms.bedrock_event(_sse.PING) if bedrock else _sse.PING
         headers = {
-            "content-type": "text/event-stream; charset=utf-8",
+            "content-type": _platforms.EVENT_STREAM
+            if bedrock
+            else "text/event-stream; charset=utf-8",
             "cache-control": "no-cache",
             "transfer-encoding": "chunked",
             **reply.base_headers(),
@@ -999,13 +1009,17 @@ class FakeAnthropic:
                 conn.pause(wait)
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-                send(_sse.PING[2])
-                record((_sse.PING[0], _sse.PING[1]))
+                send(ping[2])
+                record((ping[0], ping[1]))
             return send_rest()
         if isinstance(answer, SseErrorAfter):
             message = answer.message or default_error_message(answer.error_type)
-            name, data, chunk = _sse.event(
-                "error", _sse.error_data(answer.error_type, message, reply.request_id)
+            name, data, chunk = (
+                _platforms.bedrock_error(answer.error_type, message)
+                if bedrock
+                else _sse.event(
+                    "error", _sse.error_data(answer.error_type, message, reply.request_id)
+                )
             )
             return finish((name, data), chunk, False)
         if isinstance(answer, CloseAfter):
