@@ -25,10 +25,14 @@ from sdkguard.testing.faults import (
     DEFAULT_OK,
     Answer,
     CloseAfter,
+    Fragmented,
+    InvalidUtf8After,
     MalformedAfter,
     Ok,
     PingsOnlyAfter,
+    ProxyError,
     ResetAfter,
+    ResetAtByte,
     ResetBeforeHeaders,
     SseErrorAfter,
     StallAfter,
@@ -36,6 +40,8 @@ from sdkguard.testing.faults import (
     Status,
     Trickle,
     TruncateAfter,
+    UnknownEventAfter,
+    WrongContentType,
     default_error_message,
     default_error_type,
     status_for_error_type,
@@ -139,6 +145,10 @@ class _Gone(Exception):
     """The client closed the connection or the server is stopping: stop answering."""
 
 
+class _Reset(Exception):
+    """The answer is cut here (`reset_at_byte`): reset the connection."""
+
+
 class _BadRequest(Exception):
     pass
 
@@ -200,6 +210,8 @@ class _Conn:
         self.idle = False  # waiting for the first byte of the next request
         self.waiter = _Waiter(sock, server._wake_r)
         self.thread: threading.Thread | None = None
+        self.shaper: _Shaper | None = None
+        """Set while an answer is written in pieces (`fragmented`) or cut (`reset_at_byte`)."""
 
     def _check(self) -> None:
         if self.server._stopping:
@@ -223,6 +235,12 @@ class _Conn:
 
     def send(self, data: bytes) -> None:
         """Write all of `data` (returns once the kernel has it)."""
+        if self.shaper is not None:
+            self.shaper.send(self, data)
+        else:
+            self.send_all(data)
+
+    def send_all(self, data: bytes) -> None:
         self._check()
         try:
             sent = self.sock.send(data)
@@ -285,6 +303,36 @@ class _Conn:
                     self.sock.shutdown(socket.SHUT_RDWR)
 
 
+class _Shaper:
+    """Writes an answer in pieces cut at byte offsets, and cuts it short at `stop_at`."""
+
+    def __init__(self, cuts: tuple[int, ...], stop_at: int | None, pause: float) -> None:
+        self.cuts = deque(cuts)
+        self.stop_at = stop_at
+        self.pause = pause
+        self.offset = 0  # bytes of the answer written so far
+
+    def send(self, conn: _Conn, data: bytes) -> None:
+        cuts = self.cuts
+        while True:
+            while cuts and cuts[0] <= self.offset:
+                cuts.popleft()
+            limit = len(data)
+            if cuts:
+                limit = min(limit, cuts[0] - self.offset)
+            if self.stop_at is not None:
+                limit = min(limit, self.stop_at - self.offset)
+            if limit:
+                conn.send_all(data[:limit])
+                self.offset += limit
+                data = data[limit:]
+            if self.stop_at is not None and self.offset >= self.stop_at:
+                raise _Reset
+            if not data:
+                return
+            conn.pause(self.pause)  # at a cut: let this piece arrive on its own
+
+
 class _Listener:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -302,6 +350,7 @@ class _Reply:
     n: int
     keep_alive: bool
     request: RecordedRequest
+    line_ending: bytes = b"\n"
 
     @property
     def request_id(self) -> str:
@@ -318,12 +367,15 @@ class _Reply:
         return _End.KEEP if self.keep_alive else _End.CLOSE
 
 
-def _head(status: int, headers: dict[str, str]) -> bytes:
+def _reason(status: int) -> str:
     try:
-        reason = http.HTTPStatus(status).phrase
+        return http.HTTPStatus(status).phrase
     except ValueError:
-        reason = _REASONS.get(status, "Unknown")
-    lines = [f"HTTP/1.1 {status} {reason}"]
+        return _REASONS.get(status, "Unknown")
+
+
+def _head(status: int, headers: dict[str, str]) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_reason(status)}"]
     lines.extend(f"{name}: {value}" for name, value in headers.items())
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
@@ -622,6 +674,8 @@ class FakeAnthropic:
                     break
         except _Gone:
             end = _End.RESET if self._stopping else _End.CLOSE
+        except _Reset:
+            end = _End.RESET
         except BaseException:
             end = _End.RESET
             raise
@@ -724,6 +778,7 @@ class FakeAnthropic:
             request.version != "HTTP/1.0" or "keep-alive" in connection
         )
         is_messages = request.method == "POST" and path in (MESSAGES_PATH, COUNT_TOKENS_PATH)
+        wire: Fragmented | None = None
         with self._cond:
             # A counter, not len(requests): ids stay unique if a test clears the lists.
             self._received += 1
@@ -731,6 +786,8 @@ class FakeAnthropic:
             answer: Answer | None = None
             if is_messages and isinstance(body, dict):
                 answer = self._script.popleft() if self._script else self._default
+                if isinstance(answer, Fragmented):
+                    wire, answer = answer, answer.answer
             if answer is not None:
                 name = answer.name
             elif is_messages:
@@ -754,13 +811,22 @@ class FakeAnthropic:
             self.sent.append(sent)
             self._cond.notify_all()
         reply = _Reply(conn, sent, n, keep_alive, recorded)
+        stop_at = answer.offset if isinstance(answer, ResetAtByte) else None
+        if wire is not None or stop_at is not None:
+            conn.shaper = _Shaper(wire.at if wire else (), stop_at, wire.pause if wire else 0.0)
+            if wire is not None:
+                reply.line_ending = wire.line_ending.encode()
         try:
             if answer is None:
                 return self._builtin(reply, name, path)
             if path == COUNT_TOKENS_PATH:
-                return self._count_tokens(reply, answer)
-            return self._messages(reply, answer)
+                end = self._count_tokens(reply, answer)
+            else:
+                end = self._messages(reply, answer)
+            # reset_at_byte past the end of the answer: all of it was sent, now the reset
+            return _End.RESET if stop_at is not None else end
         finally:
+            conn.shaper = None
             sent._done.set()
 
     # --- answers --------------------------------------------------------------------------
@@ -788,10 +854,15 @@ class FakeAnthropic:
         extra: dict[str, str] | None = None,
         *,
         complete: bool = True,
+        content_type: str = "application/json",
+        from_api: bool = True,
     ) -> _End:
+        """A whole answer with a body; `from_api=False`: not the API's (no `request-id`)."""
         sent = reply.sent
-        headers = {"content-type": "application/json", "content-length": str(len(body))}
+        headers = {"content-type": content_type, "content-length": str(len(body))}
         headers.update(reply.base_headers())
+        if not from_api:
+            del headers["request-id"]
         if extra:
             headers.update({k.lower(): v for k, v in extra.items()})
 
@@ -847,21 +918,38 @@ class FakeAnthropic:
             body = _sse.dumps(answer.body)
         return self._send_json(reply, answer.code, body, dict(answer.headers))
 
+    def _foreign(self, reply: _Reply, answer: ProxyError | WrongContentType) -> _End:
+        """An answer that is not the API's: a proxy's error page, a captive portal."""
+        if isinstance(answer, ProxyError):
+            page = _sse.proxy_page(answer.code, _reason(answer.code))
+            code, content_type = answer.code, "text/html"
+        else:
+            page, code, content_type = _sse.PORTAL_PAGE, 200, answer.content_type
+        return self._send_json(
+            reply, code, page, complete=False, content_type=content_type, from_api=False
+        )
+
     def _count_tokens(self, reply: _Reply, answer: Answer) -> _End:
-        # Only faults that act before any byte of the answer apply to count_tokens.
+        # Only faults that act before any byte of the answer, or on the whole of it, apply to
+        # count_tokens (and the byte-level reset_at_byte and fragmented).
         if isinstance(answer, Status):
             return self._status(reply, answer)
+        if isinstance(answer, (ProxyError, WrongContentType)):
+            return self._foreign(reply, answer)
         if isinstance(answer, ResetBeforeHeaders):
             return _End.RESET
         if isinstance(answer, StallBeforeHeaders):
             reply.conn.pause(answer.seconds)
-        reply.sent.fault = "ok"
+        if not isinstance(answer, ResetAtByte):
+            reply.sent.fault = "ok"
         tokens = max(1, len(reply.request.raw_body) // 4)
         return self._send_json(reply, 200, _sse.dumps({"input_tokens": tokens}))
 
     def _messages(self, reply: _Reply, answer: Answer) -> _End:
         if isinstance(answer, Status):
             return self._status(reply, answer)
+        if isinstance(answer, (ProxyError, WrongContentType)):
+            return self._foreign(reply, answer)
         if isinstance(answer, ResetBeforeHeaders):
             return _End.RESET
         ok = answer if isinstance(answer, Ok) else getattr(answer, "reply", None) or DEFAULT_OK
@@ -879,6 +967,13 @@ class FakeAnthropic:
     def _stream(self, reply: _Reply, answer: Answer, ok: Ok, model: str, message_id: str) -> _End:
         conn, sent = reply.conn, reply.sent
         events = _sse.stream_events(ok, message_id=message_id, model=model)
+        ending = reply.line_ending
+
+        def frame(chunk: bytes) -> bytes:
+            return _sse.with_line_ending(chunk, ending)
+
+        if ending != b"\n":
+            events = [(name, data, frame(chunk)) for name, data, chunk in events]
         headers = {
             "content-type": "text/event-stream; charset=utf-8",
             "cache-control": "no-cache",
@@ -959,7 +1054,7 @@ class FakeAnthropic:
                 conn.pause(wait)
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-                send(_sse.PING[2])
+                send(frame(_sse.PING[2]))
                 record((_sse.PING[0], _sse.PING[1]))
             return send_rest()
         if isinstance(answer, SseErrorAfter):
@@ -967,12 +1062,19 @@ class FakeAnthropic:
             name, data, chunk = _sse.event(
                 "error", _sse.error_data(answer.error_type, message, reply.request_id)
             )
-            return finish((name, data), chunk, False)
+            return finish((name, data), frame(chunk), False)
         if isinstance(answer, CloseAfter):
             return finish(None, b"", cut >= len(events))
         if isinstance(answer, MalformedAfter):
             # not in `events`: its data is not JSON
-            return finish(None, _sse.MALFORMED_CHUNK, False)
+            return finish(None, frame(_sse.MALFORMED_CHUNK), False)
+        if isinstance(answer, InvalidUtf8After):
+            # not in `events` either: its data is not text
+            return finish(None, frame(_sse.INVALID_UTF8_CHUNK), False)
+        if isinstance(answer, UnknownEventAfter):
+            name, data, chunk = _sse.event(answer.event, {"type": answer.event})
+            send(frame(chunk))
+            record((name, data))
         # ok, or stall_before_headers after its stall
         return send_rest()
 
@@ -985,9 +1087,11 @@ class FakeAnthropic:
             return self._error(reply, status, answer.error_type, message, complete=False)
         body = _sse.message_body(ok, message_id=message_id, model=model)
         half = len(body) // 2
-        malformed = isinstance(answer, MalformedAfter)
-        if malformed:
+        malformed = isinstance(answer, (MalformedAfter, InvalidUtf8After))
+        if isinstance(answer, MalformedAfter):
             body = body[:half] + b"{not json"
+        elif isinstance(answer, InvalidUtf8After):
+            body = _sse.invalid_utf8_body(body)
         headers = {
             "content-type": "application/json",
             "content-length": str(len(body)),
