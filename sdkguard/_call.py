@@ -186,6 +186,8 @@ class GuardedCall:
             )
         if isinstance(err, _sdk.IncompleteStream):
             return Failure("stream_incomplete", "the stream ended before the message did", True)
+        if isinstance(err, _sdk.NotJsonAnswer):
+            return Failure("malformed_answer", "the answer is not a JSON message", True)
         if isinstance(err, anthropic.APIStatusError):
             response = err.response
             if response.status_code < 400:  # an `event: error` inside a 200 stream

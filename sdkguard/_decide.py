@@ -297,6 +297,9 @@ def classify_exception(err: BaseException, *, phase: Phase, stream: bool) -> Fai
     if isinstance(err, json.JSONDecodeError):
         # Raised by the SDK parsing a 2xx body or an event's data: a corrupt transfer.
         return Failure("malformed_answer", "the answer is not valid JSON", True)
+    if isinstance(err, UnicodeDecodeError):
+        # The SDK decoding a body or an SSE line: corrupt bytes, as much as invalid JSON.
+        return Failure("malformed_answer", "the answer is not valid UTF-8", True)
     chain = _chain(err)
     for item in chain:
         if isinstance(item, RetryableError):

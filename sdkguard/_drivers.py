@@ -10,7 +10,7 @@ from typing import Any
 
 from sdkguard._call import GuardedCall, open_async, open_sync
 from sdkguard._policy import Policy
-from sdkguard._sdk import is_guarded_request
+from sdkguard._sdk import checked, is_guarded_request
 from sdkguard._stream import adopt_async, adopt_sync
 
 __all__ = ["is_guarded_request", "request_async", "request_sync"]
@@ -39,7 +39,10 @@ def request_sync(
     )
 
     def send(attempt_options: Any) -> Any:
-        return wrapped(cast_to, attempt_options, stream=stream, stream_cls=stream_cls, **extra)
+        return checked(
+            cast_to,
+            wrapped(cast_to, attempt_options, stream=stream, stream_cls=stream_cls, **extra),
+        )
 
     result = open_sync(call, send)
     if stream:
@@ -58,8 +61,9 @@ async def request_async(
     )
 
     async def send(attempt_options: Any) -> Any:
-        return await wrapped(
-            cast_to, attempt_options, stream=stream, stream_cls=stream_cls, **extra
+        return checked(
+            cast_to,
+            await wrapped(cast_to, attempt_options, stream=stream, stream_cls=stream_cls, **extra),
         )
 
     result = await open_async(call, send)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import socket
 import ssl
 import time
@@ -213,6 +214,18 @@ def test_transport_failures(
     failure = classify_exception(_wrapped(cause, outer), phase="body", stream=True)
     assert failure is not None
     assert (failure.reason, failure.retryable) == (reason, retryable)
+
+
+@pytest.mark.parametrize(
+    "err",
+    [
+        json.JSONDecodeError("Expecting value", "{not json", 1),
+        UnicodeDecodeError("utf-8", b"caf\xff", 3, 4, "invalid start byte"),
+    ],
+)
+def test_corrupt_answers_are_retried(err: Exception) -> None:
+    failure = classify_exception(err, phase="body", stream=True)
+    assert failure is not None and (failure.reason, failure.retryable) == ("malformed_answer", True)
 
 
 def test_read_timeout_depends_on_phase_and_kind() -> None:

@@ -41,6 +41,10 @@ BEFORE_CONTENT: dict[str, Answer] = {
     "truncate": faults.truncate_after(2),
     "close_without_stop": faults.close_after(2),
     "malformed_event": faults.malformed_after(2),
+    "invalid_utf8": faults.invalid_utf8_after(3),
+    "proxy_html_502": faults.proxy_error(),
+    "html_page_under_200": faults.wrong_content_type(),
+    "reset_inside_message_start": faults.reset_at_byte(250),
 }
 
 
@@ -97,6 +101,8 @@ AFTER_CONTENT: dict[str, Answer] = {
     "truncate": faults.truncate_after(5),
     "close_without_stop": faults.close_after(5),
     "malformed_event": faults.malformed_after(5),
+    "invalid_utf8": faults.invalid_utf8_after(5),
+    "reset_inside_a_delta": faults.reset_at_byte(760),
 }
 
 
@@ -243,3 +249,51 @@ def test_a_stream_ending_after_message_delta_has_lost_nothing(
     assert len(server.requests) == 1
     assert seen.events == server.sent[0].content_events()
     assert seen.events is not None and seen.events[-1][0] == "message_delta"
+
+
+# Hostile answers that are not failures: the consumer gets them as the SDK alone would.
+PASS_THROUGH: dict[str, Answer] = {
+    "unknown_event_before_content": faults.unknown_event_after(1),
+    "unknown_event_after_content": faults.unknown_event_after(4),
+    "huge_line": faults.huge_line(1_000_000),
+    "crlf_in_pieces": faults.fragmented(
+        faults.ok(faults.text("naïve café → 日本", deltas=4)),
+        range(150, 1300, 3),
+        line_ending="\r\n",
+        pause=0,
+    ),
+}
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("answer", list(PASS_THROUGH.values()), ids=list(PASS_THROUGH))
+def test_hostile_answers_that_are_not_failures_pass_through(
+    server: FakeAnthropic, flavour: str, mode: str, answer: Answer
+) -> None:
+    server.script(answer)
+    seen = consume(flavour, server, mode, **CLIENT)
+    assert len(server.requests) == 1
+    assert_one_clean_message(seen, server.sent[0])
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_page_that_is_not_json_is_never_returned(server: FakeAnthropic, flavour: str) -> None:
+    # The SDK alone returns such a page as a `str` from `messages.create()`.
+    server.script(*[faults.wrong_content_type()] * 5)
+    with pytest.raises(anthropic.APIConnectionError) as caught:
+        consume(flavour, server, "create", **CLIENT)
+    assert len(server.requests) == 5
+    assert "not a JSON message" in str(caught.value)
+    assert "malformed_answer" in caught.value.__notes__[0]
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_bytes_that_are_not_utf8_are_a_connection_error(
+    server: FakeAnthropic, flavour: str
+) -> None:
+    server.script(*[faults.invalid_utf8_after(0)] * 5)
+    with pytest.raises(anthropic.APIConnectionError) as caught:
+        consume(flavour, server, "create", **CLIENT)
+    assert len(server.requests) == 5
+    assert isinstance(caught.value.__cause__, UnicodeDecodeError)
