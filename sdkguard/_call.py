@@ -171,8 +171,9 @@ class GuardedCall:
         """The call ended well: `result` is what the caller gets, `message` the streamed one."""
         if self.state.attempt > 1:
             _sdk.record_retries(result, self.state.attempt - 1)
-        if self.policy.retry_budget:
-            BUDGET.refund(self.policy.budget_success_refund)
+        policy = self.policy
+        if policy.retry_budget and BUDGET.refund(self.state.refund(), policy.budget_capacity):
+            logger.info("the retry budget is refilled: failing calls are retried again")
         if self.telemetry is not None:
             self.telemetry.attempt_succeeded()
             self.telemetry.finished(result if message is None else message)
@@ -222,7 +223,7 @@ class GuardedCall:
         else:
             decision = self.state.decide(failure, now=now, rand=random.random())
         wait = decision.wait if decision.retry else None
-        self.state = self.state.record(failure, duration, wait)
+        self.state = self.state.record(failure, duration, wait, decision.cost)
         if self.telemetry is not None:
             stall = _STALL_LIMITS.get(failure.reason)
             self.telemetry.attempt_failed(failure.reason, err, wait, stall=stall)
@@ -269,7 +270,16 @@ class GuardedCall:
         partial: Callable[[], Any] | None,
     ) -> BaseException:
         state = self.state
-        if failure.retryable:
+        if decision.budget_refused:
+            # Said once per outage, not once per call: during one, every call fails here.
+            log = logger.error if BUDGET.ran_dry() else logger.debug
+            log(
+                "%s: %s; not retried: the process-wide retry budget is exhausted. Until "
+                "successful calls refill it, failing calls are raised without a retry",
+                self.name,
+                failure.description,
+            )
+        elif failure.retryable:
             logger.error(
                 "%s: giving up after %d attempt%s: %s (%s)",
                 self.name,

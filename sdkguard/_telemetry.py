@@ -21,8 +21,11 @@ from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from sdkguard._decide import BUDGET
+from sdkguard._patch import current_policy
 from sdkguard._version import __version__
 
 __all__ = ["CallTelemetry", "start_call"]
@@ -70,6 +73,19 @@ class _Instruments:
         self.retry_wait = meter.create_histogram(
             "sdkguard.retry.wait", unit="s", description="Waits before a retry"
         )
+        meter.create_observable_gauge(
+            "sdkguard.retry_budget.available",
+            callbacks=[_budget_level],
+            unit="{token}",
+            description="Tokens left in the process-wide retry budget (installed policy)",
+        )
+
+
+def _budget_level(options: CallbackOptions) -> Iterator[Observation]:
+    """Read when metrics are collected, so the calls themselves pay nothing for it."""
+    policy = current_policy()
+    if policy.retry_budget:
+        yield Observation(BUDGET.available(policy.budget_capacity))
 
 
 _instruments: _Instruments | None = None

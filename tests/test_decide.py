@@ -122,7 +122,7 @@ def test_retry_budget_stops_retry_storms_and_refills() -> None:
     assert state.decide(reset, now=0, rand=0, budget=budget).retry
     refused = state.decide(reset, now=0, rand=0, budget=budget)
     assert not refused.retry and "budget" in (refused.why_not or "")
-    budget.refund(5)
+    budget.refund(5, 10)
     assert state.decide(reset, now=0, rand=0, budget=budget).retry
 
 
