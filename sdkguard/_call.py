@@ -316,7 +316,7 @@ class GuardedCall:
             )
         if error is not err:
             error.__cause__ = err
-        if failure.retryable:
+        if failure.retryable or state.attempt > 1:  # a first attempt's final error: as raised
             for line in state.notes():
                 add_note(error, line)
             add_note(error, f"sdkguard gave up: {decision.why_not}")

@@ -297,3 +297,15 @@ def test_bytes_that_are_not_utf8_are_a_connection_error(
         consume(flavour, server, "create", **CLIENT)
     assert len(server.requests) == 5
     assert isinstance(caught.value.__cause__, UnicodeDecodeError)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_final_failure_after_retries_still_lists_every_attempt(
+    server: FakeAnthropic, flavour: str
+) -> None:
+    server.script(faults.status(529), faults.reset_before_headers(), faults.status(400))
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        consume(flavour, server, "create_stream", **CLIENT)
+    notes = caught.value.__notes__
+    assert [n.split(":")[0] for n in notes[:3]] == [f"attempt {i} of 5" for i in (1, 2, 3)]
+    assert "status_400" in notes[2] and notes[3] == "sdkguard gave up: not retryable"
