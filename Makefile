@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit sdk-suite bench bench-smoke clean
+.PHONY: demo test lint typecheck unit sdk-suite bench bench-smoke soak soak-memory soak-smoke clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,19 @@ bench: $(STAMP)
 # CI: tiny sizes, so the benchmark scripts cannot rot.
 bench-smoke: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py --quick
+
+# The chaos soak (docs/soak.md): 2,000 calls under faults, each checked against what the server
+# sent; writes its figures into README.md when everything holds.
+soak: $(STAMP)
+	$(BIN)/python tools/soak.py --calls 2000 --readme README.md
+
+# Memory over 10,000 calls (RSS and tracemalloc): several minutes, not in CI.
+soak-memory: $(STAMP)
+	$(BIN)/python tools/soak.py --memory-calls 10000 --readme README.md
+
+# CI: a short soak (under a minute), so that a regression shows and the tool cannot rot.
+soak-smoke: $(STAMP)
+	$(BIN)/python tools/soak.py --calls 500
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .cache
