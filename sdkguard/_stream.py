@@ -256,11 +256,13 @@ class _SyncGuard(_Guard):
                         if step.error is err:
                             raise
                         raise step.error from err
-                    time.sleep(step.wait)
-                    self._restart()
-                    continue
-                call.succeeded(message=self.final_message())
-                return
+                else:
+                    call.succeeded(message=self.final_message())
+                    return
+                # Out of the handler: what the next attempt raises must not carry this
+                # failure as its context, which is where failures are classified from.
+                time.sleep(step.wait)
+                self._restart()
         finally:
             self.inner.close()
             self.ended()
@@ -317,11 +319,12 @@ class _AsyncGuard(_Guard):
                         if step.error is err:
                             raise
                         raise step.error from err
-                    await anyio.sleep(step.wait)
-                    await self._restart()
-                    continue
-                call.succeeded(message=self.final_message())
-                return
+                else:
+                    call.succeeded(message=self.final_message())
+                    return
+                # Out of the handler, as in the sync guard.
+                await anyio.sleep(step.wait)
+                await self._restart()
         finally:
             await self.inner.aclose()
             self.ended()

@@ -309,3 +309,24 @@ def test_a_final_failure_after_retries_still_lists_every_attempt(
     notes = caught.value.__notes__
     assert [n.split(":")[0] for n in notes[:3]] == [f"attempt {i} of 5" for i in (1, 2, 3)]
     assert "status_400" in notes[2] and notes[3] == "sdkguard gave up: not retryable"
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("mode", ["create_stream", "stream_final"])
+def test_a_reopened_stream_is_judged_by_its_own_failure(
+    server: FakeAnthropic, flavour: str, mode: str
+) -> None:
+    # The stream goes silent, then the port is closed when it is reopened: that attempt
+    # failed because it was refused, whatever the first one went through.
+    def close_the_port(event: sdkguard.RetryEvent) -> None:
+        server.refuse_connections()
+
+    server.script(faults.stall_after(2))
+    with (
+        sdkguard.policy(max_attempts=2, on_retry=close_the_port),
+        pytest.raises(anthropic.APIConnectionError) as caught,
+    ):
+        consume(flavour, server, mode, **CLIENT)
+    assert type(caught.value) is anthropic.APIConnectionError
+    notes = caught.value.__notes__
+    assert "stall_idle" in notes[0] and "connect_refused" in notes[1], notes
