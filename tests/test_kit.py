@@ -647,6 +647,18 @@ def test_reset_at_byte_through_the_sdk(fake: FakeAnthropic, client: anthropic.An
     assert [s.fault for s in fake.sent] == ["reset_at_byte"] * 3
 
 
+def test_what_was_sent_is_never_behind_a_cut(
+    fake: FakeAnthropic, client: anthropic.Anthropic
+) -> None:
+    # Cut at every byte of an answer: the record holds exactly the events the consumer got,
+    # also when the cut falls in an event's closing CRLF or in the terminating chunk.
+    whole = len(raw_answer(fake))
+    for offset in sorted({*range(0, whole, 7), *range(whole - 80, whole + 1)}):
+        fake.script(faults.reset_at_byte(offset))
+        seen, _ = read_stream(client)
+        assert seen == done(fake, len(fake.sent) - 1).content_events(), offset
+
+
 @pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"])
 def test_fragmented_answer_is_the_same_stream(
     fake: FakeAnthropic, client: anthropic.Anthropic, ending: str

@@ -146,7 +146,15 @@ class _Gone(Exception):
 
 
 class _Reset(Exception):
-    """The answer is cut here (`reset_at_byte`): reset the connection."""
+    """The answer is cut here (`reset_at_byte`): reset the connection.
+
+    `data` is the write that was cut, `written` how many of its bytes got out.
+    """
+
+    def __init__(self, data: bytes = b"", written: int = 0) -> None:
+        super().__init__()
+        self.data = data
+        self.written = written
 
 
 class _BadRequest(Exception):
@@ -314,6 +322,7 @@ class _Shaper:
 
     def send(self, conn: _Conn, data: bytes) -> None:
         cuts = self.cuts
+        whole, start = data, self.offset
         while True:
             while cuts and cuts[0] <= self.offset:
                 cuts.popleft()
@@ -327,7 +336,7 @@ class _Shaper:
                 self.offset += limit
                 data = data[limit:]
             if self.stop_at is not None and self.offset >= self.stop_at:
-                raise _Reset
+                raise _Reset(whole, self.offset - start)
             if not data:
                 return
             conn.pause(self.pause)  # at a cut: let this piece arrive on its own
@@ -365,6 +374,30 @@ class _Reply:
     @property
     def end(self) -> _End:
         return _End.KEEP if self.keep_alive else _End.CLOSE
+
+
+def _record_cut_event(sent: SentResponse, cut: _Reset) -> None:
+    """Record the event of a cut write if all of its data got out.
+
+    A client hands an event on once its data arrived, before the chunk's closing CRLF (and the
+    terminating chunk of a last write): so must the record, which is never behind a client.
+    """
+    data = cut.data
+    head_end = data.find(b"\r\n")
+    try:
+        size = int(data[:head_end], 16)
+    except ValueError:
+        return  # not an HTTP chunk: the headers, say
+    payload_end = head_end + 2 + size
+    if size == 0 or cut.written < payload_end:
+        return
+    lines = data[head_end + 2 : payload_end].decode().replace("\r\n", "\n").replace("\r", "\n")
+    fields = dict(line.split(": ", 1) for line in lines.split("\n") if ": " in line)
+    try:
+        event = (fields["event"], json.loads(fields["data"]))
+    except (KeyError, ValueError):
+        return  # malformed_after's or invalid_utf8_after's event: never recorded
+    sent.events.append(event)  # not recorded yet: a write is recorded once out, or undone
 
 
 def _reason(status: int) -> str:
@@ -822,7 +855,12 @@ class FakeAnthropic:
             if path == COUNT_TOKENS_PATH:
                 end = self._count_tokens(reply, answer)
             else:
-                end = self._messages(reply, answer)
+                try:
+                    end = self._messages(reply, answer)
+                except _Reset as cut:
+                    if recorded.stream:
+                        _record_cut_event(sent, cut)
+                    raise
             # reset_at_byte past the end of the answer: all of it was sent, now the reset
             return _End.RESET if stop_at is not None else end
         finally:
