@@ -15,6 +15,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import anthropic
 import anyio
 
 from sdkguard import _sdk
@@ -206,6 +207,14 @@ class _Guard:
         held, self.delivery.held = self.delivery.held, []
         return held
 
+    def lost_nothing(self, err: Exception) -> bool:
+        """The message was whole (`message_delta` had come) when reading the rest failed.
+
+        Losing what follows loses nothing, as when the body ends cleanly there; an `error`
+        event is still the API's word, raised as the SDK raises it.
+        """
+        return self.delivery.complete and not isinstance(err, anthropic.APIStatusError)
+
     def failed(self, err: Exception) -> Step:
         return self.call.failed(
             err,
@@ -249,6 +258,9 @@ class _SyncGuard(_Guard):
                     inner.close()
                     if self.closed:  # the caller closed the stream: not a failure
                         raise
+                    if self.lost_nothing(err):
+                        call.succeeded(message=self.final_message())
+                        return
                     step = self.failed(err)
                     if step.error is not None:
                         # Giving up: deliver what was held back, as the SDK alone would have.
@@ -311,6 +323,9 @@ class _AsyncGuard(_Guard):
                     await inner.aclose()
                     if self.closed:  # the caller closed the stream: not a failure
                         raise
+                    if self.lost_nothing(err):
+                        call.succeeded(message=self.final_message())
+                        return
                     step = self.failed(err)
                     if step.error is not None:
                         # Giving up: deliver what was held back, as the SDK alone would have.

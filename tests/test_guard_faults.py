@@ -13,7 +13,7 @@ import pytest
 import sdkguard
 from sdkguard.testing import FakeAnthropic, faults
 from sdkguard.testing.faults import Answer
-from tests.helpers import MODES, assert_one_clean_message, consume
+from tests.helpers import MODES, assert_one_clean_message, consume, message_text
 
 pytestmark = [pytest.mark.timeout(20), pytest.mark.usefixtures("guard")]
 FLAVOURS = ("sync", "async")  # plus "trio" where the scenario is worth a third run
@@ -330,3 +330,30 @@ def test_a_reopened_stream_is_judged_by_its_own_failure(
     assert type(caught.value) is anthropic.APIConnectionError
     notes = caught.value.__notes__
     assert "stall_idle" in notes[0] and "connect_refused" in notes[1], notes
+
+
+# After message_delta (event 8 of the default reply) the message is whole: what breaks after
+# it loses nothing, as when the body ends cleanly there.
+AFTER_THE_MESSAGE: dict[str, Answer] = {
+    "reset_after_message_delta": faults.reset_after(8),
+    "reset_after_message_stop": faults.reset_after(9),
+    "truncate_after_message_stop": faults.truncate_after(9),
+    "stall_after_message_delta": faults.stall_after(8),
+    "reset_in_the_last_chunk": faults.reset_at_byte(1390),
+}
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("mode", ["create_stream", "stream_events"])
+@pytest.mark.parametrize("fault", list(AFTER_THE_MESSAGE.values()), ids=list(AFTER_THE_MESSAGE))
+def test_what_breaks_after_the_message_loses_nothing(
+    server: FakeAnthropic, flavour: str, mode: str, fault: Answer
+) -> None:
+    server.script(fault, faults.ok())
+    seen = consume(flavour, server, mode, **CLIENT)
+    assert len(server.requests) == 1
+    assert server.sent[0].content_events()[-1][0] in ("message_delta", "message_stop")
+    if mode == "create_stream":
+        assert seen.events == server.sent[0].content_events()
+    else:
+        assert message_text(seen.message) == server.sent[0].text == faults.DEFAULT_TEXT

@@ -529,8 +529,9 @@ class Checker:
         if any(s.completed and s.status == 200 for s in sent[:-1]):
             return bad("an attempt before the last one was a whole answer")
         names = [name for name, _ in last.content_events()]
-        ended_after_delta = streamed and names[-1:] == ["message_delta"]
-        if last.status != 200 or not (last.completed or ended_after_delta):
+        # A stream that broke once its message was whole (after message_delta) lost nothing.
+        whole = streamed and names[-1:] in (["message_delta"], ["message_stop"])
+        if last.status != 200 or not (last.completed or whole):
             return bad(f"succeeded on an answer that was not (status {last.status})")
         if plan.mode == "create_stream" and seen.events != last.content_events():
             return bad("events differ from what the server sent")
