@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,3 +108,21 @@ def assert_one_clean_message(seen: Seen, sent: SentResponse) -> None:
         assert raw == [t for t, _ in sent.content_events()]
     if seen.message is not None:
         assert message_text(seen.message) == sent_message_text(sent)
+
+
+def raw_answer(server: FakeAnthropic, stream: bool = True) -> bytes:
+    """Every byte of the next answer, read off a socket until the server closes or resets it."""
+    body = json.dumps({**MESSAGE_ARGS, "stream": stream}).encode()
+    data = bytearray()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(
+            b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        sock.settimeout(5)
+        try:
+            while more := sock.recv(1 << 20):
+                data += more
+        except ConnectionResetError:
+            pass
+    return bytes(data)

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from sdkguard.testing import FakeAnthropic, RecordedRequest, SentResponse, faults
 from sdkguard.testing.__main__ import _FAULTS, parse_fault
 from sdkguard.testing._sse import plan
+from tests.helpers import raw_answer
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -512,24 +513,6 @@ def test_faults_cut_the_reply_they_are_given(
 
 
 # --- hostile answers ------------------------------------------------------------------------
-
-
-def raw_answer(server: FakeAnthropic, stream: bool = True) -> bytes:
-    """Every byte of one answer, as read from a socket until the server closes or resets it."""
-    body = json.dumps({**KW, "stream": stream}).encode()
-    data = bytearray()
-    with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(
-            b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
-            b"content-length: %d\r\n\r\n%s" % (len(body), body)
-        )
-        sock.settimeout(5)
-        try:
-            while more := sock.recv(1 << 20):
-                data += more
-        except ConnectionResetError:
-            pass
-    return bytes(data)
 
 
 def test_unknown_event_reaches_the_consumer(

@@ -10,8 +10,6 @@ it sees when the same message arrives in one piece.
 
 from __future__ import annotations
 
-import json
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -21,7 +19,7 @@ from hypothesis import strategies as st
 import sdkguard
 from sdkguard.testing import FakeAnthropic, faults
 from sdkguard.testing.faults import Answer, Ok
-from tests.helpers import MESSAGE_ARGS, MODES, Seen, assert_one_clean_message, consume
+from tests.helpers import MODES, Seen, assert_one_clean_message, consume, raw_answer
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("guard")]
 
@@ -61,21 +59,6 @@ before_content = st.one_of(
 def wire() -> Iterator[FakeAnthropic]:
     with FakeAnthropic() as server:
         yield server
-
-
-def raw_answer(server: FakeAnthropic, answer: Answer, stream: bool) -> bytes:
-    """The bytes of `answer` as the server sends them (ids aside), read off a socket."""
-    server.script(answer)
-    body = json.dumps({**MESSAGE_ARGS, "stream": stream}).encode()
-    data = bytearray()
-    with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(
-            b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
-            b"content-length: %d\r\n\r\n%s" % (len(body), body)
-        )
-        while more := sock.recv(65536):
-            data += more
-    return bytes(data)
 
 
 def tricky_offsets(data: bytes) -> list[int]:
@@ -124,7 +107,8 @@ def test_any_cut_gives_the_same_events(
     wire.script(reply)
     baseline = consume(flavour, wire, mode)  # the message in one piece
 
-    rendered = raw_answer(wire, faults.fragmented(reply, line_ending=line_ending), stream)
+    wire.script(faults.fragmented(reply, line_ending=line_ending))
+    rendered = raw_answer(wire, stream)
     script: list[Answer] = []
     fault = data.draw(st.none() | fractions | before_content, label="fault first")
     if isinstance(fault, float):
