@@ -31,6 +31,7 @@ import contextlib
 import contextvars
 import gc
 import json
+import linecache
 import logging
 import os
 import random
@@ -799,6 +800,7 @@ async def run_waves(
                 break
             if args.memory_calls:
                 del server.requests[:], server.sent[:]  # the server's records are not ours
+                linecache.clearcache()  # source lines read to format the errors for the scan
                 # Async generators the collector finds are closed by tasks of their own (the
                 # SDK's stream leaves its decoder's suspended, holding its last event): let
                 # those run before measuring.
