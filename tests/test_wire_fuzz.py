@@ -114,7 +114,7 @@ def test_any_cut_gives_the_same_events(
     if isinstance(fault, float):
         # Down to the byte, anywhere before the first content event (a plain call has none).
         commit = rendered.find(b"event: content_block_delta") if stream else len(rendered)
-        fault = faults.reset_at_byte(int(fault * (commit + 1)))
+        fault = faults.reset_at_byte(int(fault * commit))  # strictly before it
     if fault is not None:
         plan = data.draw(cut_plans, label="cuts of the fault")
         script.append(faults.fragmented(fault, cuts(plan, rendered), line_ending=line_ending))
