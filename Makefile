@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test lint typecheck unit sdk-suite matrix bench bench-smoke clean
+.PHONY: demo test lint typecheck unit sdk-suite matrix bench bench-smoke soak soak-memory soak-smoke clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,20 @@ bench: $(BENCH_STAMP)
 bench-smoke: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run.py --quick --out .cache/bench-smoke
 	$(BIN)/python benchmarks/plain_calls.py --quick
+
+# The chaos soak (docs/soak.md): 2,000 calls under faults, each checked against what the server
+# sent; writes its figures into README.md when everything holds.
+soak: $(STAMP)
+	$(BIN)/python tools/soak.py --calls 2000 --readme README.md
+
+# Memory over 10,000 calls (RSS and tracemalloc): several minutes, not in CI. A fixed mmap
+# threshold, so that glibc returns the 10 MB answers' buffers and RSS shows what is held.
+soak-memory: $(STAMP)
+	MALLOC_MMAP_THRESHOLD_=1048576 $(BIN)/python tools/soak.py --memory-calls 10000 --readme README.md
+
+# CI: a short soak (under a minute), so that a regression shows and the tool cannot rot.
+soak-smoke: $(STAMP)
+	$(BIN)/python tools/soak.py --calls 500
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .cache

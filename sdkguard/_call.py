@@ -171,8 +171,9 @@ class GuardedCall:
         """The call ended well: `result` is what the caller gets, `message` the streamed one."""
         if self.state.attempt > 1:
             _sdk.record_retries(result, self.state.attempt - 1)
-        if self.policy.retry_budget:
-            BUDGET.refund(self.policy.budget_success_refund)
+        policy = self.policy
+        if policy.retry_budget and BUDGET.refund(self.state.refund(), policy.budget_capacity):
+            logger.info("the retry budget is refilled: failing calls are retried again")
         if self.telemetry is not None:
             self.telemetry.attempt_succeeded()
             self.telemetry.finished(result if message is None else message)
@@ -186,6 +187,8 @@ class GuardedCall:
             )
         if isinstance(err, _sdk.IncompleteStream):
             return Failure("stream_incomplete", "the stream ended before the message did", True)
+        if isinstance(err, _sdk.NotJsonAnswer):
+            return Failure("malformed_answer", "the answer is not a JSON message", True)
         if isinstance(err, anthropic.APIStatusError):
             response = err.response
             if response.status_code < 400:  # an `event: error` inside a 200 stream
@@ -220,7 +223,7 @@ class GuardedCall:
         else:
             decision = self.state.decide(failure, now=now, rand=random.random())
         wait = decision.wait if decision.retry else None
-        self.state = self.state.record(failure, duration, wait)
+        self.state = self.state.record(failure, duration, wait, decision.cost)
         if self.telemetry is not None:
             stall = _STALL_LIMITS.get(failure.reason)
             self.telemetry.attempt_failed(failure.reason, err, wait, stall=stall)
@@ -267,7 +270,16 @@ class GuardedCall:
         partial: Callable[[], Any] | None,
     ) -> BaseException:
         state = self.state
-        if failure.retryable:
+        if decision.budget_refused:
+            # Said once per outage, not once per call: during one, every call fails here.
+            log = logger.error if BUDGET.ran_dry() else logger.debug
+            log(
+                "%s: %s; not retried: the process-wide retry budget is exhausted. Until "
+                "successful calls refill it, failing calls are raised without a retry",
+                self.name,
+                failure.description,
+            )
+        elif failure.retryable:
             logger.error(
                 "%s: giving up after %d attempt%s: %s (%s)",
                 self.name,
@@ -304,7 +316,7 @@ class GuardedCall:
             )
         if error is not err:
             error.__cause__ = err
-        if failure.retryable:
+        if failure.retryable or state.attempt > 1:  # a first attempt's final error: as raised
             for line in state.notes():
                 add_note(error, line)
             add_note(error, f"sdkguard gave up: {decision.why_not}")

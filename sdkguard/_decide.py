@@ -68,24 +68,41 @@ class AttemptRecord:
         return line if self.wait is None else f"{line}; waited {self.wait:.1f} s"
 
 
+BUDGET_EXHAUSTED = (
+    "the process-wide retry budget is exhausted (too many retries failed lately; "
+    "successful calls refill it)"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     retry: bool
     wait: float = 0.0
     why_not: str | None = None
     """Why the call gives up (None when it retries)."""
+    cost: float = 0.0
+    """Tokens of the retry budget this retry took."""
+    budget_refused: bool = False
+    """The call gives up because the retry budget is empty."""
 
 
 class RetryBudget:
     """A process-wide token bucket, as in the AWS SDKs' standard retry mode.
 
-    Retries spend tokens and successful calls refund some, so a healthy process never notices
-    it, while an outage does not turn every call into `max_attempts` requests.
+    A retry takes `cost` tokens (more after a timeout); a call that succeeds without a retry
+    gives back a small refund, one that succeeded after retries gives back what its last
+    retry took. So a healthy process never notices the bucket, while an outage, in which
+    nothing succeeds, does not turn every call into `max_attempts` requests. The first attempt
+    of a call is always free.
+
+    It also remembers whether it ran dry, so that this is said once: `ran_dry()` is True for
+    the first refusal only, until the bucket is back above half of its capacity.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._spent = 0.0  # tokens spent below capacity; 0 = full, whatever the capacity
+        self._dry = False
 
     def try_spend(self, cost: float, capacity: float) -> bool:
         with self._lock:
@@ -94,10 +111,22 @@ class RetryBudget:
             self._spent += cost
             return True
 
-    def refund(self, amount: float) -> None:
-        if self._spent:  # the common case, a full bucket, takes no lock
-            with self._lock:
-                self._spent = max(0.0, self._spent - amount)
+    def ran_dry(self) -> bool:
+        """A retry was refused: True when it is the first refusal since the bucket recovered."""
+        with self._lock:
+            first, self._dry = not self._dry, True
+            return first
+
+    def refund(self, amount: float, capacity: float) -> bool:
+        """Give back `amount`; True when this brings a bucket that ran dry back above half."""
+        if not self._spent:  # the common case, a full bucket, takes no lock
+            return False
+        with self._lock:
+            self._spent = max(0.0, self._spent - amount)
+            if self._dry and self._spent <= capacity / 2:
+                self._dry = False
+                return True
+            return False
 
     def available(self, capacity: float) -> float:
         return max(0.0, capacity - self._spent)
@@ -105,6 +134,7 @@ class RetryBudget:
     def reset(self) -> None:
         with self._lock:
             self._spent = 0.0
+            self._dry = False
 
 
 BUDGET = RetryBudget()
@@ -118,6 +148,8 @@ class CallState:
     started_at: float
     attempt: int = 1
     history: tuple[AttemptRecord, ...] = ()
+    last_cost: float = 0.0
+    """Tokens of the retry budget that the last retry took."""
 
     def remaining(self, now: float) -> float | None:
         """Seconds left of the deadline (None: no deadline)."""
@@ -151,11 +183,12 @@ class CallState:
         # Compared as the caller will: the wait must end strictly before the deadline.
         if policy.deadline is not None and now + wait >= self.started_at + policy.deadline:
             return Decision(False, why_not=f"the deadline ({policy.deadline:g} s) would pass")
+        cost = 0.0
         if budget is not None and policy.retry_budget:
             cost = policy.budget_timeout_cost if failure.timeout else policy.budget_retry_cost
             if not budget.try_spend(cost, policy.budget_capacity):
-                return Decision(False, why_not="the process-wide retry budget is exhausted")
-        return Decision(True, wait=wait)
+                return Decision(False, why_not=BUDGET_EXHAUSTED, budget_refused=True)
+        return Decision(True, wait=wait, cost=cost)
 
     def backoff(self, rand: float) -> float:
         """The computed wait before attempt `self.attempt + 1`, jitter applied."""
@@ -167,11 +200,23 @@ class CallState:
             base = policy.backoff_max
         return min(policy.backoff_max, base) * (1.0 - policy.jitter * rand)
 
-    def record(self, failure: Failure, duration: float, wait: float | None) -> CallState:
-        """The state after this attempt failed: the next attempt when `wait` is not None."""
+    def record(
+        self, failure: Failure, duration: float, wait: float | None, cost: float = 0.0
+    ) -> CallState:
+        """The state after this attempt failed: the next attempt when `wait` is not None.
+
+        `cost`: what the retry took of the budget.
+        """
         entry = AttemptRecord(self.attempt, failure.reason, failure.description, duration, wait)
-        next_attempt = self.attempt + 1 if wait is not None else self.attempt
-        return replace(self, attempt=next_attempt, history=(*self.history, entry))
+        if wait is None:
+            return replace(self, history=(*self.history, entry))
+        return replace(
+            self, attempt=self.attempt + 1, history=(*self.history, entry), last_cost=cost
+        )
+
+    def refund(self) -> float:
+        """What a success gives back to the budget: the last retry's cost, or the refund."""
+        return self.last_cost if self.attempt > 1 else self.policy.budget_success_refund
 
     def notes(self) -> list[str]:
         return [entry.note(self.policy.max_attempts) for entry in self.history]
@@ -298,6 +343,9 @@ def classify_exception(err: BaseException, *, phase: Phase, stream: bool) -> Fai
     if isinstance(err, json.JSONDecodeError):
         # Raised by the SDK parsing a 2xx body or an event's data: a corrupt transfer.
         return Failure("malformed_answer", "the answer is not valid JSON", True)
+    if isinstance(err, UnicodeDecodeError):
+        # The SDK decoding a body or an SSE line: corrupt bytes, as much as invalid JSON.
+        return Failure("malformed_answer", "the answer is not valid UTF-8", True)
     chain = _chain(err)
     for item in chain:
         if isinstance(item, RetryableError):

@@ -14,7 +14,7 @@ from sdkguard import _sdk
 from sdkguard._call import GuardedCall, open_async, open_sync
 from sdkguard._plain import PlainCall
 from sdkguard._policy import Policy
-from sdkguard._sdk import is_guarded_request, restore_keepalive
+from sdkguard._sdk import checked, is_guarded_request, restore_keepalive
 from sdkguard._stream import adopt_async, adopt_sync, drain_async, drain_sync, guard_of
 
 __all__ = [
@@ -65,7 +65,10 @@ def request_sync(
     )
 
     def send(attempt_options: Any) -> Any:
-        return wrapped(cast_to, attempt_options, stream=stream, stream_cls=stream_cls, **extra)
+        return checked(
+            cast_to,
+            wrapped(cast_to, attempt_options, stream=stream, stream_cls=stream_cls, **extra),
+        )
 
     result = open_sync(call, send)
     if stream:
@@ -117,8 +120,9 @@ async def request_async(
     )
 
     async def send(attempt_options: Any) -> Any:
-        return await wrapped(
-            cast_to, attempt_options, stream=stream, stream_cls=stream_cls, **extra
+        return checked(
+            cast_to,
+            await wrapped(cast_to, attempt_options, stream=stream, stream_cls=stream_cls, **extra),
         )
 
     result = await open_async(call, send)

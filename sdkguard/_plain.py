@@ -61,8 +61,10 @@ class PlainCall:
         return self._parse(response, retries_taken=retries_taken, body=None)
 
     def answered(self, stream: Any, message: Any) -> None:
-        """The attempt's JSON answer was parsed: the stream yields it whole to the guard."""
-        self.answer = message
+        """The attempt's JSON answer was parsed: the stream yields it whole to the guard.
+
+        A 2xx page that is not JSON (a captive portal's) raises here, inside the attempt."""
+        self.answer = _sdk.checked(self.cast_to, message)
         answer = PlainAnswer(message)
         is_async = _sdk.is_async_stream(stream)
         _sdk.replace_iterator(stream, _one_async(answer) if is_async else _one(answer))

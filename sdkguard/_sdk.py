@@ -420,6 +420,23 @@ class IncompleteStream(Exception):
     """The body ended cleanly before the message did (no `message_delta`, no `message_stop`)."""
 
 
+class NotJsonAnswer(Exception):
+    """A 2xx answer to a plain call was not JSON (a captive portal's page, say).
+
+    The SDK hands such a body back as a `str` where the caller expects a `Message`.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(f"HTTP 2xx with {len(text)} characters that are not JSON")
+
+
+def checked(cast_to: Any, result: Any) -> Any:
+    """`result`, unless the SDK handed back a body that is not JSON as text."""
+    if type(result) is str and cast_to is not str:
+        raise NotJsonAnswer(result)
+    return result
+
+
 class _ProgressWatch:
     """Wraps a stream's SSE decoder to see raw events, pings included, before the SDK drops them.
 

@@ -16,6 +16,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import anthropic
 import anyio
 
 from sdkguard import _sdk
@@ -270,6 +271,14 @@ class _Guard:
         held, self.delivery.held = self.delivery.held, []
         return held
 
+    def lost_nothing(self, err: Exception) -> bool:
+        """The message was whole (`message_delta` had come) when reading the rest failed.
+
+        Losing what follows loses nothing, as when the body ends cleanly there; an `error`
+        event is still the API's word, raised as the SDK raises it.
+        """
+        return self.delivery.complete and not isinstance(err, anthropic.APIStatusError)
+
     def failed(self, err: Exception) -> Step:
         return self.call.failed(
             err,
@@ -315,6 +324,9 @@ class _SyncGuard(_Guard):
                     inner.close()
                     if self.closed:  # the caller closed the stream: not a failure
                         raise
+                    if self.lost_nothing(err):
+                        call.succeeded(message=self.final_message())
+                        return
                     step = self.failed(err)
                     if step.error is not None:
                         # Giving up: deliver what was held back, as the SDK alone would have.
@@ -322,11 +334,13 @@ class _SyncGuard(_Guard):
                         if step.error is err:
                             raise
                         raise step.error from err
-                    time.sleep(step.wait)
-                    self._restart()
-                    continue
-                call.succeeded(message=self.final_message())
-                return
+                else:
+                    call.succeeded(message=self.final_message())
+                    return
+                # Out of the handler: what the next attempt raises must not carry this
+                # failure as its context, which is where failures are classified from.
+                time.sleep(step.wait)
+                self._restart()
         finally:
             self.inner.close()
             self.ended()
@@ -376,6 +390,9 @@ class _AsyncGuard(_Guard):
                     await inner.aclose()
                     if self.closed:  # the caller closed the stream: not a failure
                         raise
+                    if self.lost_nothing(err):
+                        call.succeeded(message=self.final_message())
+                        return
                     step = self.failed(err)
                     if step.error is not None:
                         # Giving up: deliver what was held back, as the SDK alone would have.
@@ -384,11 +401,12 @@ class _AsyncGuard(_Guard):
                         if step.error is err:
                             raise
                         raise step.error from err
-                    await anyio.sleep(step.wait)
-                    await self._restart()
-                    continue
-                call.succeeded(message=self.final_message())
-                return
+                else:
+                    call.succeeded(message=self.final_message())
+                    return
+                # Out of the handler, as in the sync guard.
+                await anyio.sleep(step.wait)
+                await self._restart()
         finally:
             await self.inner.aclose()
             self.ended()

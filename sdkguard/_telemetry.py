@@ -17,14 +17,17 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.metrics import _internal as _metrics_api
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from sdkguard._decide import BUDGET
+from sdkguard._patch import current_policy
 from sdkguard._version import __version__
 
 __all__ = ["CallTelemetry", "start_call"]
@@ -72,6 +75,19 @@ class _Instruments:
         self.retry_wait = meter.create_histogram(
             "sdkguard.retry.wait", unit="s", description="Waits before a retry"
         )
+        meter.create_observable_gauge(
+            "sdkguard.retry_budget.available",
+            callbacks=[_budget_level],
+            unit="{token}",
+            description="Tokens left in the process-wide retry budget (installed policy)",
+        )
+
+
+def _budget_level(options: CallbackOptions) -> Iterator[Observation]:
+    """Read when metrics are collected, so the calls themselves pay nothing for it."""
+    policy = current_policy()
+    if policy.retry_budget:
+        yield Observation(BUDGET.available(policy.budget_capacity))
 
 
 _instruments: _Instruments | None = None

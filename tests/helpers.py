@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,16 +35,8 @@ needs_sdk_tracing = pytest.mark.skipif(not SDK_TRACING, reason="this SDK has no 
 # How a user reads a call: a raw stream, a plain call, the stream helper event by event, or
 # the stream helper waiting for its final message only.
 MODES = ("create_stream", "create", "stream_events", "stream_final")
-RAW_EVENT_TYPES = frozenset(
-    {
-        "message_start",
-        "content_block_start",
-        "content_block_delta",
-        "content_block_stop",
-        "message_delta",
-        "message_stop",
-    }
-)
+# What a stream helper adds to the raw events, when iterated.
+HELPER_EVENT_TYPES = frozenset({"text", "citation", "input_json", "thinking", "signature"})
 
 
 @dataclass
@@ -123,7 +116,7 @@ def assert_one_clean_message(seen: Seen, sent: SentResponse) -> None:
         indices = [d["index"] for t, d in seen.events if t == "content_block_start"]
         assert indices == list(range(len(indices)))
     if seen.stream_events:
-        raw = [t for t in seen.stream_events if t in RAW_EVENT_TYPES]
+        raw = [t for t in seen.stream_events if t not in HELPER_EVENT_TYPES]
         assert raw == [t for t, _ in sent.content_events()]
     if seen.message is not None:
         assert message_text(seen.message) == sent_message_text(sent)
@@ -142,3 +135,21 @@ def use_global_providers(
         monkeypatch.setattr(trace, "_TRACER_PROVIDER", tracer_provider)
     if meter_provider is not None:
         monkeypatch.setattr(metrics_api, "_METER_PROVIDER", meter_provider)
+
+
+def raw_answer(server: FakeAnthropic, stream: bool = True) -> bytes:
+    """Every byte of the next answer, read off a socket until the server closes or resets it."""
+    body = json.dumps({**MESSAGE_ARGS, "stream": stream}).encode()
+    data = bytearray()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(
+            b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        sock.settimeout(5)
+        try:
+            while more := sock.recv(1 << 20):
+                data += more
+        except ConnectionResetError:
+            pass
+    return bytes(data)

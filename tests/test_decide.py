@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import errno
+import json
 import socket
 import ssl
 import time
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+)
 
 from sdkguard import Policy
 from sdkguard._decide import (
@@ -25,59 +32,145 @@ from sdkguard._sdk import http
 
 pytestmark = pytest.mark.timeout(60)
 
-policies = st.builds(
+RETRY_FIELDS = {
+    "max_attempts": st.integers(1, 10),
+    "backoff_initial": st.floats(0, 5),
+    "backoff_multiplier": st.floats(1, 4),
+    "backoff_max": st.floats(0, 30),
+    "jitter": st.floats(0, 1),
+    "deadline": st.none() | st.floats(0.1, 100),
+    "max_retry_after": st.floats(0, 120),
+}
+policies = st.builds(Policy, **RETRY_FIELDS, retry_budget=st.just(False))
+budgeted_policies = st.builds(
     Policy,
-    max_attempts=st.integers(1, 10),
-    backoff_initial=st.floats(0, 5),
-    backoff_multiplier=st.floats(1, 4),
-    backoff_max=st.floats(0, 30),
-    jitter=st.floats(0, 1),
-    deadline=st.none() | st.floats(0.1, 100),
-    max_retry_after=st.floats(0, 120),
-    retry_budget=st.just(False),
+    **RETRY_FIELDS,
+    retry_budget=st.booleans(),
+    budget_capacity=st.floats(1, 100),
+    budget_retry_cost=st.floats(0, 30),
+    budget_timeout_cost=st.floats(0, 60),
+    budget_success_refund=st.floats(0, 10),
 )
+# Mostly retryable failures, so that calls live long enough to meet their deadline, their
+# last attempt and an empty budget.
 failures = st.builds(
     Failure,
-    reason=st.sampled_from(["connection_reset", "status_529", "stall_idle", "status_400"]),
+    reason=st.sampled_from(["connection_reset", "status_529", "stall_idle"]),
     description=st.just("x"),
-    retryable=st.booleans(),
-    retry_after=st.none() | st.floats(-5, 200),
+    retryable=st.integers(0, 9).map(bool),
+    retry_after=st.integers(0, 3).flatmap(lambda n: st.none() if n else st.floats(-5, 200)),
     timeout=st.booleans(),
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    policy=policies,
-    sequence=st.lists(st.tuples(failures, st.floats(0, 1, exclude_max=True), st.floats(0, 20))),
-)
-def test_any_failure_sequence_stays_within_bounds(
-    policy: Policy, sequence: list[tuple[Failure, float, float]]
-) -> None:
-    state = CallState(policy, started_at=1000.0)
-    now = 1000.0
-    attempts = 1
-    for failure, rand, duration in sequence:
-        now += duration
-        decision = state.decide(failure, now=now, rand=rand, budget=None)
-        # exactly one decision: retry with a wait, or give up with a reason
-        assert decision.retry == (decision.why_not is None)
-        if not decision.retry:
-            state = state.record(failure, duration, None)
-            assert len(state.history) == attempts
-            break
-        assert decision.wait >= 0
+class Calls(RuleBasedStateMachine):
+    """Many calls of one process, interleaved, sharing one retry budget and one clock.
+
+    Any sequence of failures (statuses, stalls, resets, server-requested waits), successes
+    and passing time: every wait stays within its bounds and never crosses the deadline, no
+    call makes more than `max_attempts` attempts, and the budget is exactly the token bucket
+    it claims to be (checked against a model of it).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.budget = RetryBudget()
+        self.model_spent = 0.0  # the bucket, as the docs describe it
+        self.now = 1000.0
+        self.calls: list[CallState] = []
+
+    @initialize(policy=budgeted_policies, calls=st.integers(1, 5))
+    def use(self, policy: Policy, calls: int) -> None:
+        self.policy = policy
+        self.calls = [CallState(policy, started_at=self.now) for _ in range(calls)]
+
+    @rule()
+    def start_call(self) -> None:
+        self.calls.append(CallState(self.policy, started_at=self.now))
+
+    @rule(seconds=st.floats(0, 20))
+    def time_passes(self, seconds: float) -> None:
+        self.now += seconds
+
+    def pick(self, data: st.DataObject) -> int:
+        """One of the calls in flight (a new one if there is none)."""
+        if not self.calls:
+            self.start_call()
+        return data.draw(st.integers(0, len(self.calls) - 1))
+
+    @rule(data=st.data(), failure=failures, rand=st.floats(0, 1, exclude_max=True))
+    def attempt_fails(self, data: st.DataObject, failure: Failure, rand: float) -> None:
+        index = self.pick(data)
+        state, policy = self.calls[index], self.policy
+        available = self.budget.available(policy.budget_capacity)
+        decision = state.decide(failure, now=self.now, rand=rand, budget=self.budget)
+        # The oracle: the documented rules, in their documented order.
         if failure.retry_after is None:
-            assert decision.wait <= policy.backoff_max
+            base = policy.backoff_initial * policy.backoff_multiplier ** (state.attempt - 1)
+            wait = min(policy.backoff_max, base) * (1 - policy.jitter * rand)
         else:
-            assert decision.wait <= policy.max_retry_after
-        if policy.deadline is not None:
-            assert now + decision.wait < 1000.0 + policy.deadline
-        state = state.record(failure, duration, decision.wait)
-        now += decision.wait
-        attempts += 1
-        assert attempts <= policy.max_attempts
-        assert state.attempt == attempts
+            wait = max(failure.retry_after, 0.0)
+        cost = policy.budget_timeout_cost if failure.timeout else policy.budget_retry_cost
+        if not failure.retryable:
+            why_not: str | None = "not retryable"
+        elif state.attempt >= policy.max_attempts:
+            why_not = "attempts failed"
+        elif failure.retry_after is not None and failure.retry_after > policy.max_retry_after:
+            why_not = "max_retry_after"
+        elif policy.deadline is not None and self.now + wait >= state.started_at + policy.deadline:
+            why_not = "deadline"
+        elif policy.retry_budget and self.model_spent + cost > policy.budget_capacity:
+            why_not = "budget"
+        else:
+            why_not = None
+        assert decision.retry == (why_not is None) == (decision.why_not is None)
+        event(f"why not: {why_not}")
+        if why_not is not None:
+            assert why_not in (decision.why_not or "")
+            assert decision.budget_refused == (why_not == "budget") and decision.cost == 0
+            assert self.budget.available(policy.budget_capacity) == available
+            given_up = state.record(failure, 1.0, None)
+            assert given_up.attempt == state.attempt and len(given_up.history) == state.attempt
+            self.calls.pop(index)
+            return
+        assert decision.wait == wait >= 0
+        assert wait <= (
+            policy.backoff_max if failure.retry_after is None else policy.max_retry_after
+        )
+        if policy.deadline is not None:  # the next attempt starts before the deadline
+            assert self.now + wait < state.started_at + policy.deadline
+        assert decision.cost == (cost if policy.retry_budget else 0)
+        self.model_spent += decision.cost
+        self.calls[index] = state.record(failure, 1.0, decision.wait, decision.cost)
+        assert self.calls[index].last_cost == decision.cost
+        self.now += wait
+
+    @rule(data=st.data())
+    def call_succeeds(self, data: st.DataObject) -> None:
+        state = self.calls.pop(self.pick(data))
+        refund = state.refund()
+        # As the AWS SDKs do: the last retry's cost back after retries, else the refund.
+        assert refund == (
+            state.last_cost if state.attempt > 1 else self.policy.budget_success_refund
+        )
+        if self.policy.retry_budget:
+            self.budget.refund(refund, self.policy.budget_capacity)
+            self.model_spent = max(0.0, self.model_spent - refund)
+
+    @invariant()
+    def within_bounds(self) -> None:
+        if not hasattr(self, "policy"):
+            return
+        capacity = self.policy.budget_capacity
+        assert self.budget.available(capacity) == max(0.0, capacity - self.model_spent)
+        assert 0 <= self.budget.available(capacity) <= capacity
+        for state in self.calls:
+            assert 1 <= state.attempt <= self.policy.max_attempts
+            assert len(state.history) == state.attempt - 1
+
+
+TestCalls = Calls.TestCase
+TestCalls.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
 
 
 @given(policy=policies, rand=st.floats(0, 1, exclude_max=True), attempt=st.integers(1, 2000))
@@ -110,6 +203,8 @@ def test_no_wait_crosses_the_deadline() -> None:
     assert state.decide(reset, now=2.0, rand=0.0, budget=None).retry
     decision = state.decide(reset, now=3.5, rand=0.0, budget=None)
     assert not decision.retry and "deadline" in (decision.why_not or "")
+    # A wait that would end exactly at the deadline leaves no time for an attempt.
+    assert not state.decide(reset, now=3.0, rand=0.0, budget=None).retry
 
 
 def test_retry_budget_stops_retry_storms_and_refills() -> None:
@@ -121,8 +216,16 @@ def test_retry_budget_stops_retry_storms_and_refills() -> None:
     assert state.decide(reset, now=0, rand=0, budget=budget).retry
     refused = state.decide(reset, now=0, rand=0, budget=budget)
     assert not refused.retry and "budget" in (refused.why_not or "")
-    budget.refund(5)
+    budget.refund(5, 10)
     assert state.decide(reset, now=0, rand=0, budget=budget).retry
+
+
+def test_the_budget_pays_only_what_it_holds_in_full() -> None:
+    budget = RetryBudget()
+    assert budget.try_spend(5.25, capacity=10)
+    assert not budget.try_spend(5.25, capacity=10)  # 10.5 tokens: more than it holds
+    assert budget.try_spend(4.75, capacity=10)  # exactly all of it
+    assert budget.available(10) == 0
 
 
 @pytest.mark.parametrize(
@@ -219,6 +322,18 @@ def test_transport_failures(
     failure = classify_exception(_wrapped(cause, outer), phase="body", stream=True)
     assert failure is not None
     assert (failure.reason, failure.retryable) == (reason, retryable)
+
+
+@pytest.mark.parametrize(
+    "err",
+    [
+        json.JSONDecodeError("Expecting value", "{not json", 1),
+        UnicodeDecodeError("utf-8", b"caf\xff", 3, 4, "invalid start byte"),
+    ],
+)
+def test_corrupt_answers_are_retried(err: Exception) -> None:
+    failure = classify_exception(err, phase="body", stream=True)
+    assert failure is not None and (failure.reason, failure.retryable) == ("malformed_answer", True)
 
 
 def test_read_timeout_depends_on_phase_and_kind() -> None:

@@ -13,7 +13,13 @@ import pytest
 import sdkguard
 from sdkguard.testing import FakeAnthropic, faults
 from sdkguard.testing.faults import Answer
-from tests.helpers import MODES, OverloadedError, assert_one_clean_message, consume
+from tests.helpers import (
+    MODES,
+    OverloadedError,
+    assert_one_clean_message,
+    consume,
+    message_text,
+)
 
 pytestmark = [pytest.mark.timeout(20), pytest.mark.usefixtures("guard")]
 FLAVOURS = ("sync", "async")  # plus "trio" where the scenario is worth a third run
@@ -42,6 +48,10 @@ BEFORE_CONTENT: dict[str, Answer] = {
     "truncate": faults.truncate_after(2),
     "close_without_stop": faults.close_after(2),
     "malformed_event": faults.malformed_after(2),
+    "invalid_utf8": faults.invalid_utf8_after(3),
+    "proxy_html_502": faults.proxy_error(),
+    "html_page_under_200": faults.wrong_content_type(),
+    "reset_inside_message_start": faults.reset_at_byte(250),
 }
 
 
@@ -98,6 +108,8 @@ AFTER_CONTENT: dict[str, Answer] = {
     "truncate": faults.truncate_after(5),
     "close_without_stop": faults.close_after(5),
     "malformed_event": faults.malformed_after(5),
+    "invalid_utf8": faults.invalid_utf8_after(5),
+    "reset_inside_a_delta": faults.reset_at_byte(760),
 }
 
 
@@ -244,3 +256,111 @@ def test_a_stream_ending_after_message_delta_has_lost_nothing(
     assert len(server.requests) == 1
     assert seen.events == server.sent[0].content_events()
     assert seen.events is not None and seen.events[-1][0] == "message_delta"
+
+
+# Hostile answers that are not failures: the consumer gets them as the SDK alone would.
+PASS_THROUGH: dict[str, Answer] = {
+    "unknown_event_before_content": faults.unknown_event_after(1),
+    "unknown_event_after_content": faults.unknown_event_after(4),
+    "huge_line": faults.huge_line(1_000_000),
+    "crlf_in_pieces": faults.fragmented(
+        faults.ok(faults.text("naïve café → 日本", deltas=4)),
+        range(150, 1300, 3),
+        line_ending="\r\n",
+        pause=0,
+    ),
+}
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("answer", list(PASS_THROUGH.values()), ids=list(PASS_THROUGH))
+def test_hostile_answers_that_are_not_failures_pass_through(
+    server: FakeAnthropic, flavour: str, mode: str, answer: Answer
+) -> None:
+    server.script(answer)
+    seen = consume(flavour, server, mode, **CLIENT)
+    assert len(server.requests) == 1
+    assert_one_clean_message(seen, server.sent[0])
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_page_that_is_not_json_is_never_returned(server: FakeAnthropic, flavour: str) -> None:
+    # The SDK alone returns such a page as a `str` from `messages.create()`.
+    server.script(*[faults.wrong_content_type()] * 5)
+    with pytest.raises(anthropic.APIConnectionError) as caught:
+        consume(flavour, server, "create", **CLIENT)
+    assert len(server.requests) == 5
+    assert "not a JSON message" in str(caught.value)
+    assert "malformed_answer" in caught.value.__notes__[0]
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_bytes_that_are_not_utf8_are_a_connection_error(
+    server: FakeAnthropic, flavour: str
+) -> None:
+    server.script(*[faults.invalid_utf8_after(0)] * 5)
+    with pytest.raises(anthropic.APIConnectionError) as caught:
+        consume(flavour, server, "create", **CLIENT)
+    assert len(server.requests) == 5
+    assert isinstance(caught.value.__cause__, UnicodeDecodeError)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_final_failure_after_retries_still_lists_every_attempt(
+    server: FakeAnthropic, flavour: str
+) -> None:
+    server.script(faults.status(529), faults.reset_before_headers(), faults.status(400))
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        consume(flavour, server, "create_stream", **CLIENT)
+    notes = caught.value.__notes__
+    assert [n.split(":")[0] for n in notes[:3]] == [f"attempt {i} of 5" for i in (1, 2, 3)]
+    assert "status_400" in notes[2] and notes[3] == "sdkguard gave up: not retryable"
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("mode", ["create_stream", "stream_final"])
+def test_a_reopened_stream_is_judged_by_its_own_failure(
+    server: FakeAnthropic, flavour: str, mode: str
+) -> None:
+    # The stream goes silent, then the port is closed when it is reopened: that attempt
+    # failed because it was refused, whatever the first one went through.
+    def close_the_port(event: sdkguard.RetryEvent) -> None:
+        server.refuse_connections()
+
+    server.script(faults.stall_after(2))
+    with (
+        sdkguard.policy(max_attempts=2, on_retry=close_the_port),
+        pytest.raises(anthropic.APIConnectionError) as caught,
+    ):
+        consume(flavour, server, mode, **CLIENT)
+    assert type(caught.value) is anthropic.APIConnectionError
+    notes = caught.value.__notes__
+    assert "stall_idle" in notes[0] and "connect_refused" in notes[1], notes
+
+
+# After message_delta (event 8 of the default reply) the message is whole: what breaks after
+# it loses nothing, as when the body ends cleanly there.
+AFTER_THE_MESSAGE: dict[str, Answer] = {
+    "reset_after_message_delta": faults.reset_after(8),
+    "reset_after_message_stop": faults.reset_after(9),
+    "truncate_after_message_stop": faults.truncate_after(9),
+    "stall_after_message_delta": faults.stall_after(8),
+    "reset_in_the_last_chunk": faults.reset_at_byte(1390),
+}
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("mode", ["create_stream", "stream_events"])
+@pytest.mark.parametrize("fault", list(AFTER_THE_MESSAGE.values()), ids=list(AFTER_THE_MESSAGE))
+def test_what_breaks_after_the_message_loses_nothing(
+    server: FakeAnthropic, flavour: str, mode: str, fault: Answer
+) -> None:
+    server.script(fault, faults.ok())
+    seen = consume(flavour, server, mode, **CLIENT)
+    assert len(server.requests) == 1
+    assert server.sent[0].content_events()[-1][0] in ("message_delta", "message_stop")
+    if mode == "create_stream":
+        assert seen.events == server.sent[0].content_events()
+    else:
+        assert message_text(seen.message) == server.sent[0].text == faults.DEFAULT_TEXT

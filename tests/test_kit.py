@@ -23,7 +23,7 @@ from sdkguard._sdk import http  # httpx2 from anthropic 1.0, httpx before
 from sdkguard.testing import FakeAnthropic, RecordedRequest, SentResponse, faults
 from sdkguard.testing.__main__ import _FAULTS, parse_fault
 from sdkguard.testing._sse import plan
-from tests.helpers import OverloadedError
+from tests.helpers import OverloadedError, raw_answer
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -518,6 +518,185 @@ def test_faults_cut_the_reply_they_are_given(
     assert deltas == [{"type": "thinking_delta", "thinking": t} for t in "hmm"]
 
 
+# --- hostile answers ------------------------------------------------------------------------
+
+
+def test_unknown_event_reaches_the_consumer(
+    fake: FakeAnthropic, client: anthropic.Anthropic
+) -> None:
+    fake.script(
+        faults.unknown_event_after(3, "content_block_future"), faults.unknown_event_after(2)
+    )
+    seen, error = read_stream(client)
+    assert error is None and done(fake).completed
+    assert seen == done(fake).content_events()
+    assert seen[2] == ("content_block_future", {"type": "content_block_future"})
+    with client.messages.stream(**KW) as helper:
+        types = [event.type for event in helper]
+        message = helper.get_final_message()
+    assert types[2] == "future_event" and message.content[0].text == faults.DEFAULT_TEXT
+    assert [n for n, _ in done(fake, 1).events][2] == "future_event"
+
+
+def test_unknown_event_leaves_a_non_streaming_reply_alone(
+    fake: FakeAnthropic, client: anthropic.Anthropic
+) -> None:
+    fake.script(faults.unknown_event_after(1))
+    assert client.messages.create(**KW).content[0].text == faults.DEFAULT_TEXT
+    assert done(fake).fault == "unknown_event_after" and done(fake).completed
+
+
+def test_huge_line_is_one_sse_line_of_ten_megabytes(fake: FakeAnthropic) -> None:
+    fake.script(faults.huge_line())
+    data = raw_answer(fake)
+    longest = max(data.split(b"\n"), key=len)
+    assert longest.startswith(b"data: {") and len(longest) > 10_000_000
+    text = json.loads(longest[len(b"data: ") :])["delta"]["text"]
+    assert len(text.encode()) >= 10_000_000
+    assert {len(c.encode()) for c in set(text)} == {1, 2, 3}  # ASCII, é, → and 日本
+
+
+def test_huge_line_through_the_sdk(fake: FakeAnthropic, client: anthropic.Anthropic) -> None:
+    answer = faults.huge_line(200_000, reply=faults.ok(faults.text("after", deltas=2)))
+    fake.script(answer, answer)
+    seen, error = read_stream(client)
+    assert error is None and done(fake).completed
+    assert seen == done(fake).content_events()
+    texts = [d["delta"]["text"] for n, d in seen if n == "content_block_delta"]
+    assert len(texts[0].encode()) >= 200_000 and texts[1:] == ["aft", "er"]
+    message = client.messages.create(**KW)
+    assert [len(b.text.encode()) >= 200_000 for b in message.content] == [True, False]
+    assert len(done(fake, 1).body or b"") > 200_000
+
+
+def test_invalid_utf8_after_fails_decoding(
+    fake: FakeAnthropic, client: anthropic.Anthropic
+) -> None:
+    fake.script(faults.invalid_utf8_after(3), faults.invalid_utf8_after(3))
+    seen, error = read_stream(client)
+    assert isinstance(error, UnicodeDecodeError)
+    assert seen == done(fake).content_events() and len(seen) == 2
+    assert not done(fake).completed
+    with pytest.raises(UnicodeDecodeError):
+        client.messages.create(**KW)
+    assert b"\xff" in (done(fake, 1).body or b"") and not done(fake, 1).completed
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_proxy_error_is_an_html_page_without_request_id(
+    fake: FakeAnthropic, client: anthropic.Anthropic, stream: bool
+) -> None:
+    fake.script(faults.proxy_error(), faults.proxy_error(504))
+    with pytest.raises(anthropic.InternalServerError) as bad_gateway:
+        client.messages.create(**KW, stream=stream)
+    error = bad_gateway.value
+    assert error.status_code == 502 and error.response.headers["content-type"] == "text/html"
+    assert isinstance(error.body, str) and "<title>502 Bad Gateway</title>" in error.body
+    assert error.request_id is None and "request-id" not in done(fake).headers
+    with pytest.raises(anthropic.InternalServerError) as timeout:
+        client.messages.create(**KW, stream=stream)
+    assert timeout.value.status_code == 504 and "Gateway Timeout" in str(timeout.value.body)
+    assert not done(fake, 1).completed
+
+
+def test_wrong_content_type_is_an_html_page_under_200(
+    fake: FakeAnthropic, client: anthropic.Anthropic
+) -> None:
+    fake.script(faults.wrong_content_type(), faults.wrong_content_type("text/plain"))
+    seen, error = read_stream(client)
+    assert (seen, error) == ([], None)  # the SDK finds no event in it and ends silently
+    assert done(fake).status == 200 and done(fake).headers["content-type"].startswith("text/html")
+    # A plain call returns the page as a `str` where a `Message` was expected.
+    page = client.messages.create(**KW)
+    assert isinstance(page, str) and page.startswith("<!DOCTYPE html>")
+    assert done(fake, 1).headers["content-type"] == "text/plain" and not done(fake, 1).completed
+
+
+@pytest.mark.parametrize("offset", [0, 5, 40, 200, 260])
+def test_reset_at_byte_sends_exactly_that_many_bytes(fake: FakeAnthropic, offset: int) -> None:
+    fake.script(faults.ok(), faults.reset_at_byte(offset))
+    whole = raw_answer(fake)
+    cut = raw_answer(fake)
+    assert len(cut) == offset
+    # the same bytes as the whole answer, but for the message and request ids
+    assert cut == whole.replace(b"_fake_1", b"_fake_2")[:offset]
+    assert not done(fake, 1).completed
+
+
+def test_reset_at_byte_through_the_sdk(fake: FakeAnthropic, client: anthropic.Anthropic) -> None:
+    fake.script(faults.reset_at_byte(10), faults.reset_at_byte(700), faults.reset_at_byte(10**6))
+    seen, error = read_stream(client)
+    assert isinstance(error, anthropic.APIConnectionError) and seen == []
+    assert caused_by(error, ConnectionResetError) and done(fake).status == 0
+    seen, error = read_stream(client)
+    assert isinstance(error, http.ReadError) and caused_by(error, ConnectionResetError)
+    assert seen == done(fake, 1).content_events() and 0 < len(seen) < 8
+    seen, error = read_stream(client)  # past the end: the whole answer, then the reset
+    assert error is None and done(fake, 2).completed and seen == done(fake, 2).content_events()
+    assert [s.fault for s in fake.sent] == ["reset_at_byte"] * 3
+
+
+def test_what_was_sent_is_never_behind_a_cut(
+    fake: FakeAnthropic, client: anthropic.Anthropic
+) -> None:
+    # Cut at every byte of an answer: the record holds exactly the events the consumer got,
+    # also when the cut falls in an event's closing CRLF or in the terminating chunk.
+    whole = len(raw_answer(fake))
+    for offset in sorted({*range(0, whole, 7), *range(whole - 80, whole + 1)}):
+        fake.script(faults.reset_at_byte(offset))
+        seen, _ = read_stream(client)
+        assert seen == done(fake, len(fake.sent) - 1).content_events(), offset
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"])
+def test_fragmented_answer_is_the_same_stream(
+    fake: FakeAnthropic, client: anthropic.Anthropic, ending: str
+) -> None:
+    cuts = list(range(1, 1200, 7))  # inside the status line, headers, chunk sizes, events
+    reply = faults.ok(faults.text("naïve café → 日本", deltas=5))
+    fake.script(reply, faults.fragmented(reply, cuts, line_ending=ending, pause=0))
+    whole = raw_answer(fake)
+    pieces = raw_answer(fake)
+    if ending == "\n":
+        assert pieces == whole.replace(b"_fake_1", b"_fake_2")
+    else:
+        assert ending.encode() + ending.encode() in pieces and b"\n\n" not in pieces
+    fake.script(faults.fragmented(reply, cuts, line_ending=ending, pause=0))
+    seen, error = read_stream(client)
+    assert error is None and done(fake, 2).completed
+    assert seen == done(fake, 2).content_events()
+    assert "".join(d["delta"]["text"] for n, d in seen if n == "content_block_delta") == (
+        "naïve café → 日本"
+    )
+    assert done(fake, 2).fault == "ok"
+
+
+def test_fragmented_pieces_arrive_apart(fake: FakeAnthropic) -> None:
+    fake.script(faults.fragmented(faults.ok(), [3], pause=0.2))
+    body = json.dumps(KW).encode()
+    with socket.create_connection(("127.0.0.1", fake.port)) as sock:
+        sock.sendall(
+            b"POST /v1/messages HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        first = sock.recv(1 << 16)
+        start = time.monotonic()
+        rest = sock.recv(1 << 16)
+        elapsed = time.monotonic() - start
+    assert first == b"HTT" and rest.startswith(b"P/1.1 200 OK")
+    assert elapsed >= 0.15
+
+
+def test_fragmented_carries_any_answer(fake: FakeAnthropic, client: anthropic.Anthropic) -> None:
+    fake.script(faults.fragmented(faults.reset_after(3), [50, 51, 52]))
+    seen, error = read_stream(client)
+    assert isinstance(error, http.ReadError)
+    assert seen == done(fake).content_events() and done(fake).fault == "reset_after"
+    fake.script(faults.fragmented(faults.status(529), [1, 2, 100]))
+    with pytest.raises(anthropic.OverloadedError):
+        client.messages.create(**KW)
+
+
 # --- faults on a non-streaming call --------------------------------------------------------
 
 
@@ -831,6 +1010,19 @@ def test_answer_validation() -> None:
         faults.ok("not a block")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         faults.tool_use("f", {"x": object()})
+    for bad_call in (
+        lambda: faults.unknown_event_after(1, "two\nlines"),
+        lambda: faults.huge_line(0),
+        lambda: faults.proxy_error(200),
+        lambda: faults.wrong_content_type("text/html\r\nx-injected: 1"),
+        lambda: faults.reset_at_byte(-1),
+        lambda: faults.fragmented(faults.ok(), [0]),
+        lambda: faults.fragmented(faults.ok(), line_ending="\n\n"),
+    ):
+        with pytest.raises(ValueError):
+            bad_call()
+    with pytest.raises(TypeError):
+        faults.fragmented(faults.fragmented(faults.ok()))
     with FakeAnthropic() as server, pytest.raises(TypeError):
         server.script(faults.text("a"))  # type: ignore[arg-type]
 
@@ -889,7 +1081,12 @@ def test_fault_names_parse_from_the_command_line() -> None:
         n for n in faults.__all__ if n.islower() and n not in ("text", "thinking", "tool_use")
     }
     public -= {"default_error_message", "default_error_type", "status_for_error_type"}
+    public -= {"fragmented"}  # a wrapper of answers, for code
     assert public == set(_FAULTS)
+    assert parse_fault("huge_line:1000") == faults.huge_line(1000)
+    assert parse_fault("proxy_error") == faults.proxy_error(502)
+    assert parse_fault("wrong_content_type:text/plain") == faults.wrong_content_type("text/plain")
+    assert parse_fault("unknown_event_after:2,x") == faults.unknown_event_after(2, "x")
 
 
 def test_serve_cli() -> None:

@@ -260,3 +260,39 @@ async def test_a_hundred_concurrent_streams(fake: FakeAnthropic) -> None:
     assert texts == [faults.DEFAULT_TEXT] * 100
     assert len(fake.requests) == 100
     assert fake.connections_accepted > 50  # concurrent streams each need a connection
+
+
+async def test_hostile_answers(fake: FakeAnthropic) -> None:
+    reply = faults.ok(faults.text("naïve → 日本", deltas=4))
+    fake.script(
+        faults.unknown_event_after(2),
+        faults.invalid_utf8_after(3),
+        faults.wrong_content_type(),
+        faults.reset_at_byte(700),
+        faults.fragmented(reply, list(range(1, 1200, 5)), line_ending="\r\n", pause=0),
+        faults.huge_line(100_000),
+    )
+    seen, error = await read_stream(fake)
+    assert error is None and seen == done(fake).content_events()
+    assert seen[2][0] == "future_event"
+    seen, error = await read_stream(fake)
+    assert isinstance(error, UnicodeDecodeError) and seen == done(fake, 1).content_events()
+    assert await read_stream(fake) == ([], None)  # an HTML page: no event, a silent end
+    seen, error = await read_stream(fake)
+    assert isinstance(error, http.ReadError) and caused_by(error, ConnectionResetError)
+    assert seen == done(fake, 3).content_events() and seen
+    seen, error = await read_stream(fake)
+    assert error is None and done(fake, 4).completed and seen == done(fake, 4).content_events()
+    seen, error = await read_stream(fake)
+    assert error is None and done(fake, 5).completed and seen == done(fake, 5).content_events()
+
+
+async def test_hostile_plain_answers(fake: FakeAnthropic) -> None:
+    fake.script(faults.invalid_utf8_after(0), faults.proxy_error(), faults.wrong_content_type())
+    async with make_client(fake) as client:
+        with pytest.raises(UnicodeDecodeError):
+            await client.messages.create(**KW)
+        with pytest.raises(anthropic.InternalServerError) as proxy:
+            await client.messages.create(**KW)
+        assert proxy.value.status_code == 502 and "Bad Gateway" in str(proxy.value.body)
+        assert isinstance(await client.messages.create(**KW), str)

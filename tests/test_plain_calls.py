@@ -203,10 +203,11 @@ def test_without_the_conversion_a_silent_call_waits_for_the_read_timeout(
 
 # Every point of the hidden stream: events 0 to 9 of the default reply (1 message_start,
 # 2 content_block_start, 3 ping, 4-6 deltas, 7 content_block_stop, 8 message_delta,
-# 9 message_stop), then before the terminating chunk.
+# 9 message_stop), then before the terminating chunk. From message_delta on the message is
+# whole: a reset then loses nothing, and is not retried.
 @pytest.mark.parametrize("flavour", FLAVOURS)
 @pytest.mark.parametrize("n", range(10))
-def test_a_reset_at_any_point_of_the_hidden_stream_restarts_transparently(
+def test_a_reset_at_any_point_of_the_hidden_stream_is_invisible(
     server: FakeAnthropic, flavour: str, n: int
 ) -> None:
     same = faults.ok(message_id="msg_same")
@@ -217,7 +218,7 @@ def test_a_reset_at_any_point_of_the_hidden_stream_restarts_transparently(
     with CONVERTED:
         message = call(flavour, server)
     assert message == expected and message.to_dict() == expected.to_dict()
-    assert len(server.requests) == 3
+    assert len(server.requests) == (3 if n < 8 else 2)
     assert message._request_id == server.sent[-1].request_id
 
 

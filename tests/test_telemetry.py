@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import sdkguard
 from sdkguard import _sdk, _telemetry
 from sdkguard.testing import FakeAnthropic, faults
+from tests.conftest import FAST
 from tests.helpers import (
     API_KEY,
     MESSAGE_ARGS,
@@ -162,6 +163,21 @@ def test_a_call_that_gives_up(server: FakeAnthropic, otel: Recorded) -> None:
     assert all(dict(a.attributes or {})["http.response.status_code"] == 529 for a in attempts)
     waits = otel.metric_points("sdkguard.retry.wait")
     assert sum(p.count for p in waits) == 2
+
+
+def test_the_retry_budget_level_is_a_metric(server: FakeAnthropic, otel: Recorded) -> None:
+    # The guard fixture installs the budget off: no level to report.
+    with _client(server) as client:
+        client.messages.create(**MESSAGE_ARGS)
+    assert otel.metric_points("sdkguard.retry_budget.available") == []
+    sdkguard.install(**{**FAST, "retry_budget": True, "budget_capacity": 20})
+    (full,) = otel.metric_points("sdkguard.retry_budget.available")
+    assert full.value == 20
+    server.script(faults.status(529), faults.status(529), faults.ok())
+    with _client(server) as client:
+        client.messages.create(**MESSAGE_ARGS)  # two retries of 5, then 5 back
+    (level,) = otel.metric_points("sdkguard.retry_budget.available")
+    assert level.value == 15
 
 
 def test_a_stall_is_an_event_and_a_metric(server: FakeAnthropic, otel: Recorded) -> None:

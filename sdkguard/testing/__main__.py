@@ -45,6 +45,12 @@ _FAULTS: dict[str, tuple[Callable[..., Answer], tuple[Callable[[str], Any], ...]
     "malformed_after": (faults.malformed_after, (int,), 1),
     "vanish_before_headers": (faults.vanish_before_headers, (), 0),
     "vanish_after": (faults.vanish_after, (int,), 1),
+    "unknown_event_after": (faults.unknown_event_after, (int, _str), 1),
+    "huge_line": (faults.huge_line, (int,), 0),
+    "invalid_utf8_after": (faults.invalid_utf8_after, (int,), 1),
+    "proxy_error": (faults.proxy_error, (int,), 0),
+    "wrong_content_type": (faults.wrong_content_type, (_str,), 0),
+    "reset_at_byte": (faults.reset_at_byte, (int,), 1),
 }
 
 

@@ -27,10 +27,14 @@ from sdkguard.testing.faults import (
     VANISH_SUPPORTED,
     Answer,
     CloseAfter,
+    Fragmented,
+    InvalidUtf8After,
     MalformedAfter,
     Ok,
     PingsOnlyAfter,
+    ProxyError,
     ResetAfter,
+    ResetAtByte,
     ResetBeforeHeaders,
     SseErrorAfter,
     StallAfter,
@@ -38,8 +42,10 @@ from sdkguard.testing.faults import (
     Status,
     Trickle,
     TruncateAfter,
+    UnknownEventAfter,
     VanishAfter,
     VanishBeforeHeaders,
+    WrongContentType,
     default_error_message,
     default_error_type,
     status_for_error_type,
@@ -148,6 +154,18 @@ class _Gone(Exception):
     """The client closed the connection or the server is stopping: stop answering."""
 
 
+class _Reset(Exception):
+    """The answer is cut here (`reset_at_byte`): reset the connection.
+
+    `data` is the write that was cut, `written` how many of its bytes got out.
+    """
+
+    def __init__(self, data: bytes = b"", written: int = 0) -> None:
+        super().__init__()
+        self.data = data
+        self.written = written
+
+
 class _BadRequest(Exception):
     pass
 
@@ -209,6 +227,8 @@ class _Conn:
         self.idle = False  # waiting for the first byte of the next request
         self.waiter = _Waiter(sock, server._wake_r)
         self.thread: threading.Thread | None = None
+        self.shaper: _Shaper | None = None
+        """Set while an answer is written in pieces (`fragmented`) or cut (`reset_at_byte`)."""
 
     def _check(self) -> None:
         if self.server._stopping:
@@ -232,6 +252,12 @@ class _Conn:
 
     def send(self, data: bytes) -> None:
         """Write all of `data` (returns once the kernel has it)."""
+        if self.shaper is not None:
+            self.shaper.send(self, data)
+        else:
+            self.send_all(data)
+
+    def send_all(self, data: bytes) -> None:
         self._check()
         try:
             sent = self.sock.send(data)
@@ -306,6 +332,37 @@ class _Conn:
                     self.sock.shutdown(socket.SHUT_RDWR)
 
 
+class _Shaper:
+    """Writes an answer in pieces cut at byte offsets, and cuts it short at `stop_at`."""
+
+    def __init__(self, cuts: tuple[int, ...], stop_at: int | None, pause: float) -> None:
+        self.cuts = deque(cuts)
+        self.stop_at = stop_at
+        self.pause = pause
+        self.offset = 0  # bytes of the answer written so far
+
+    def send(self, conn: _Conn, data: bytes) -> None:
+        cuts = self.cuts
+        whole, start = data, self.offset
+        while True:
+            while cuts and cuts[0] <= self.offset:
+                cuts.popleft()
+            limit = len(data)
+            if cuts:
+                limit = min(limit, cuts[0] - self.offset)
+            if self.stop_at is not None:
+                limit = min(limit, self.stop_at - self.offset)
+            if limit:
+                conn.send_all(data[:limit])
+                self.offset += limit
+                data = data[limit:]
+            if self.stop_at is not None and self.offset >= self.stop_at:
+                raise _Reset(whole, self.offset - start)
+            if not data:
+                return
+            conn.pause(self.pause)  # at a cut: let this piece arrive on its own
+
+
 class _Listener:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -323,6 +380,7 @@ class _Reply:
     n: int
     keep_alive: bool
     request: RecordedRequest
+    line_ending: bytes = b"\n"
 
     @property
     def request_id(self) -> str:
@@ -339,12 +397,39 @@ class _Reply:
         return _End.KEEP if self.keep_alive else _End.CLOSE
 
 
-def _head(status: int, headers: dict[str, str]) -> bytes:
+def _record_cut_event(sent: SentResponse, cut: _Reset) -> None:
+    """Record the event of a cut write if all of its data got out.
+
+    A client hands an event on once its data arrived, before the chunk's closing CRLF (and the
+    terminating chunk of a last write): so must the record, which is never behind a client.
+    """
+    data = cut.data
+    head_end = data.find(b"\r\n")
     try:
-        reason = http.HTTPStatus(status).phrase
+        size = int(data[:head_end], 16)
     except ValueError:
-        reason = _REASONS.get(status, "Unknown")
-    lines = [f"HTTP/1.1 {status} {reason}"]
+        return  # not an HTTP chunk: the headers, say
+    payload_end = head_end + 2 + size
+    if size == 0 or cut.written < payload_end:
+        return
+    lines = data[head_end + 2 : payload_end].decode().replace("\r\n", "\n").replace("\r", "\n")
+    fields = dict(line.split(": ", 1) for line in lines.split("\n") if ": " in line)
+    try:
+        event = (fields["event"], json.loads(fields["data"]))
+    except (KeyError, ValueError):
+        return  # malformed_after's or invalid_utf8_after's event: never recorded
+    sent.events.append(event)  # not recorded yet: a write is recorded once out, or undone
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return _REASONS.get(status, "Unknown")
+
+
+def _head(status: int, headers: dict[str, str]) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_reason(status)}"]
     lines.extend(f"{name}: {value}" for name, value in headers.items())
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
@@ -658,6 +743,8 @@ class FakeAnthropic:
                     break
         except _Gone:
             end = _End.RESET if self._stopping else _End.CLOSE
+        except _Reset:
+            end = _End.RESET
         except BaseException:
             end = _End.RESET
             raise
@@ -761,6 +848,7 @@ class FakeAnthropic:
         )
         route = _platforms.route(request.method, path)
         is_messages = route is not None
+        wire: Fragmented | None = None
         with self._cond:
             # A counter, not len(requests): ids stay unique if a test clears the lists.
             self._received += 1
@@ -768,6 +856,8 @@ class FakeAnthropic:
             answer: Answer | None = None
             if is_messages and isinstance(body, dict):
                 answer = self._script.popleft() if self._script else self._default
+                if isinstance(answer, Fragmented):
+                    wire, answer = answer, answer.answer
             if answer is not None:
                 name = answer.name
             elif is_messages:
@@ -792,13 +882,27 @@ class FakeAnthropic:
             self.sent.append(sent)
             self._cond.notify_all()
         reply = _Reply(conn, sent, n, keep_alive, recorded)
+        stop_at = answer.offset if isinstance(answer, ResetAtByte) else None
+        if wire is not None or stop_at is not None:
+            conn.shaper = _Shaper(wire.at if wire else (), stop_at, wire.pause if wire else 0.0)
+            if wire is not None:
+                reply.line_ending = wire.line_ending.encode()
         try:
             if answer is None or route is None:
                 return self._builtin(reply, name, path)
             if route.count_tokens:
-                return self._count_tokens(reply, answer)
-            return self._messages(reply, answer, route.model)
+                end = self._count_tokens(reply, answer)
+            else:
+                try:
+                    end = self._messages(reply, answer, route.model)
+                except _Reset as cut:
+                    if recorded.stream:
+                        _record_cut_event(sent, cut)
+                    raise
+            # reset_at_byte past the end of the answer: all of it was sent, now the reset
+            return _End.RESET if stop_at is not None else end
         finally:
+            conn.shaper = None
             sent._done.set()
 
     # --- answers --------------------------------------------------------------------------
@@ -826,10 +930,15 @@ class FakeAnthropic:
         extra: dict[str, str] | None = None,
         *,
         complete: bool = True,
+        content_type: str = "application/json",
+        from_api: bool = True,
     ) -> _End:
+        """A whole answer with a body; `from_api=False`: not the API's (no `request-id`)."""
         sent = reply.sent
-        headers = {"content-type": "application/json", "content-length": str(len(body))}
+        headers = {"content-type": content_type, "content-length": str(len(body))}
         headers.update(reply.base_headers())
+        if not from_api:
+            del headers["request-id"]
         if extra:
             headers.update({k.lower(): v for k, v in extra.items()})
 
@@ -885,23 +994,40 @@ class FakeAnthropic:
             body = _sse.dumps(answer.body)
         return self._send_json(reply, answer.code, body, dict(answer.headers))
 
+    def _foreign(self, reply: _Reply, answer: ProxyError | WrongContentType) -> _End:
+        """An answer that is not the API's: a proxy's error page, a captive portal."""
+        if isinstance(answer, ProxyError):
+            page = _sse.proxy_page(answer.code, _reason(answer.code))
+            code, content_type = answer.code, "text/html"
+        else:
+            page, code, content_type = _sse.PORTAL_PAGE, 200, answer.content_type
+        return self._send_json(
+            reply, code, page, complete=False, content_type=content_type, from_api=False
+        )
+
     def _count_tokens(self, reply: _Reply, answer: Answer) -> _End:
-        # Only faults that act before any byte of the answer apply to count_tokens.
+        # Only faults that act before any byte of the answer, or on the whole of it, apply to
+        # count_tokens (and the byte-level reset_at_byte and fragmented).
         if isinstance(answer, Status):
             return self._status(reply, answer)
+        if isinstance(answer, (ProxyError, WrongContentType)):
+            return self._foreign(reply, answer)
         if isinstance(answer, ResetBeforeHeaders):
             return _End.RESET
         if isinstance(answer, StallBeforeHeaders):
             reply.conn.pause(answer.seconds)
         if isinstance(answer, VanishBeforeHeaders):
             return self._vanish(reply.conn)
-        reply.sent.fault = "ok"
+        if not isinstance(answer, ResetAtByte):
+            reply.sent.fault = "ok"
         tokens = max(1, len(reply.request.raw_body) // 4)
         return self._send_json(reply, 200, _sse.dumps({"input_tokens": tokens}))
 
     def _messages(self, reply: _Reply, answer: Answer, path_model: str | None) -> _End:
         if isinstance(answer, Status):
             return self._status(reply, answer)
+        if isinstance(answer, (ProxyError, WrongContentType)):
+            return self._foreign(reply, answer)
         if isinstance(answer, ResetBeforeHeaders):
             return _End.RESET
         if isinstance(answer, VanishBeforeHeaders):
@@ -925,6 +1051,13 @@ class FakeAnthropic:
         if bedrock:  # Bedrock streams carry no pings
             events = [_platforms.bedrock_event(e) for e in events if e[0] != "ping"]
         ping = _platforms.bedrock_event(_sse.PING) if bedrock else _sse.PING
+        ending = b"\n" if bedrock else reply.line_ending  # Bedrock's frames are binary, not lines
+
+        def frame(chunk: bytes) -> bytes:
+            return _sse.with_line_ending(chunk, ending)
+
+        if ending != b"\n":
+            events = [(name, data, frame(chunk)) for name, data, chunk in events]
         headers = {
             "content-type": _platforms.EVENT_STREAM
             if bedrock
@@ -1009,7 +1142,7 @@ class FakeAnthropic:
                 conn.pause(wait)
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-                send(ping[2])
+                send(frame(ping[2]))
                 record((ping[0], ping[1]))
             return send_rest()
         if isinstance(answer, SseErrorAfter):
@@ -1021,12 +1154,19 @@ class FakeAnthropic:
                     "error", _sse.error_data(answer.error_type, message, reply.request_id)
                 )
             )
-            return finish((name, data), chunk, False)
+            return finish((name, data), frame(chunk), False)
         if isinstance(answer, CloseAfter):
             return finish(None, b"", cut >= len(events))
         if isinstance(answer, MalformedAfter):
             # not in `events`: its data is not JSON
-            return finish(None, _sse.MALFORMED_CHUNK, False)
+            return finish(None, frame(_sse.MALFORMED_CHUNK), False)
+        if isinstance(answer, InvalidUtf8After):
+            # not in `events` either: its data is not text
+            return finish(None, frame(_sse.INVALID_UTF8_CHUNK), False)
+        if isinstance(answer, UnknownEventAfter):
+            name, data, chunk = _sse.event(answer.event, {"type": answer.event})
+            send(frame(chunk))
+            record((name, data))
         # ok, or stall_before_headers after its stall
         return send_rest()
 
@@ -1039,9 +1179,11 @@ class FakeAnthropic:
             return self._error(reply, status, answer.error_type, message, complete=False)
         body = _sse.message_body(ok, message_id=message_id, model=model)
         half = len(body) // 2
-        malformed = isinstance(answer, MalformedAfter)
-        if malformed:
+        malformed = isinstance(answer, (MalformedAfter, InvalidUtf8After))
+        if isinstance(answer, MalformedAfter):
             body = body[:half] + b"{not json"
+        elif isinstance(answer, InvalidUtf8After):
+            body = _sse.invalid_utf8_body(body)
         headers = {
             "content-type": "application/json",
             "content-length": str(len(body)),

@@ -37,6 +37,45 @@ def event(name: str, data: dict[str, Any]) -> Event:
 PING_DATA: dict[str, Any] = {"type": "ping"}
 PING: Event = event("ping", PING_DATA)
 MALFORMED_CHUNK = http_chunk(MALFORMED_CHUNK_PAYLOAD)
+# A text delta whose bytes are not UTF-8 (0xff never occurs in UTF-8).
+INVALID_UTF8_CHUNK = http_chunk(
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    b'"delta":{"type":"text_delta","text":"caf\xff\xfe"}}\n\n'
+)
+
+
+def with_line_ending(chunk: bytes, ending: bytes) -> bytes:
+    """An event's HTTP chunk with its SSE lines ended by `ending` instead of `\\n`.
+
+    JSON data never holds a raw line break, so every `\\n` of the payload ends a line.
+    """
+    if ending == b"\n":
+        return chunk
+    payload = chunk[chunk.index(b"\r\n") + 2 : -2]
+    return http_chunk(payload.replace(b"\n", ending))
+
+
+def proxy_page(code: int, reason: str) -> bytes:
+    """The HTML error page of a proxy (nginx's words), as it answers when the API is unreachable."""
+    title = f"{code} {reason}"
+    return (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    ).encode()
+
+
+PORTAL_PAGE = (
+    b"<!DOCTYPE html>\n<html><head><title>Sign in to the network</title></head>\n"
+    b"<body><h1>Welcome</h1><p>Accept the terms of use to continue.</p></body></html>\n"
+)
+"""What a captive portal answers in the API's place."""
+
+
+def invalid_utf8_body(body: bytes) -> bytes:
+    """A JSON message body with bytes that are not UTF-8 inside its `id` string."""
+    at = body.index(b'"id":"') + len(b'"id":"')
+    return body[:at] + b"\xff\xfe" + body[at:]
 
 
 def split(s: str, parts: int) -> list[str]:

@@ -8,6 +8,11 @@ with `FakeAnthropic.script(...)`: each Messages request takes the next one.
 "n events" always counts SSE events in the order the server writes them, pings included:
 with the default reply, event 1 is `message_start`, 2 `content_block_start`, 3 `ping`, then
 the deltas.
+
+Hostile answers (`unknown_event_after`, `huge_line`, `invalid_utf8_after`, `proxy_error`,
+`wrong_content_type`) reproduce what a changing API, a proxy or a corrupt transfer sends;
+`reset_at_byte` and the `fragmented` wrapper act on the bytes of an answer, wherever they
+fall (inside a header, a chunk-size line, a UTF-8 character or a line ending).
 """
 
 from __future__ import annotations
@@ -25,10 +30,15 @@ __all__ = [
     "Answer",
     "Block",
     "CloseAfter",
+    "Fragmented",
+    "HugeLine",
+    "InvalidUtf8After",
     "MalformedAfter",
     "Ok",
     "PingsOnlyAfter",
+    "ProxyError",
     "ResetAfter",
+    "ResetAtByte",
     "ResetBeforeHeaders",
     "SseErrorAfter",
     "StallAfter",
@@ -39,15 +49,22 @@ __all__ = [
     "ToolUse",
     "Trickle",
     "TruncateAfter",
+    "UnknownEventAfter",
     "VanishAfter",
     "VanishBeforeHeaders",
+    "WrongContentType",
     "close_after",
     "default_error_message",
     "default_error_type",
+    "fragmented",
+    "huge_line",
+    "invalid_utf8_after",
     "malformed_after",
     "ok",
     "pings_only_after",
+    "proxy_error",
     "reset_after",
+    "reset_at_byte",
     "reset_before_headers",
     "sse_error_after",
     "stall_after",
@@ -59,8 +76,10 @@ __all__ = [
     "tool_use",
     "trickle",
     "truncate_after",
+    "unknown_event_after",
     "vanish_after",
     "vanish_before_headers",
+    "wrong_content_type",
 ]
 
 DEFAULT_TEXT = "Hello from the fake Anthropic server."
@@ -351,6 +370,71 @@ class MalformedAfter(Answer):
     name: ClassVar[str] = "malformed_after"
 
 
+@dataclass(frozen=True)
+class UnknownEventAfter(Answer):
+    """`n` events, then an event of a type the SDK does not know, then the rest of the reply."""
+
+    n: int
+    event: str = "future_event"
+    reply: Ok | None = None
+    name: ClassVar[str] = "unknown_event_after"
+
+
+@dataclass(frozen=True)
+class HugeLine(Answer):
+    """A correct reply whose first block is one `text_delta` of at least `size` bytes."""
+
+    size: int
+    reply: Ok | None = field(default=None, repr=False)
+    """The reply as sent: the huge text block first, then the blocks of the given reply."""
+    name: ClassVar[str] = "huge_line"
+
+
+@dataclass(frozen=True)
+class InvalidUtf8After(Answer):
+    """`n` events, then an event whose bytes are not valid UTF-8, then the end of body."""
+
+    n: int
+    reply: Ok | None = None
+    name: ClassVar[str] = "invalid_utf8_after"
+
+
+@dataclass(frozen=True)
+class ProxyError(Answer):
+    """An HTML error page from a proxy in front of the API: status `code`, `text/html`."""
+
+    code: int = 502
+    name: ClassVar[str] = "proxy_error"
+
+
+@dataclass(frozen=True)
+class WrongContentType(Answer):
+    """HTTP 200 with `content_type` and an HTML page instead of the API's answer."""
+
+    content_type: str = "text/html; charset=utf-8"
+    name: ClassVar[str] = "wrong_content_type"
+
+
+@dataclass(frozen=True)
+class ResetAtByte(Answer):
+    """The first `offset` bytes of the answer (status line and headers included), then a RST."""
+
+    offset: int
+    reply: Ok | None = None
+    name: ClassVar[str] = "reset_at_byte"
+
+
+@dataclass(frozen=True)
+class Fragmented(Answer):
+    """`answer`, its bytes written in pieces cut at the byte offsets `at`."""
+
+    answer: Answer
+    at: tuple[int, ...]
+    line_ending: str = "\n"
+    pause: float = 0.001
+    name: ClassVar[str] = "fragmented"
+
+
 def _check_n(n: int) -> None:
     if n < 0:
         raise ValueError(f"n must be at least 0, got {n}")
@@ -545,3 +629,117 @@ def malformed_after(n: int, *, reply: Ok | None = None) -> MalformedAfter:
     """Send `n` events, then an event whose data is not valid JSON, then end the body."""
     _check_n(n)
     return MalformedAfter(n=n, reply=reply)
+
+
+def unknown_event_after(
+    n: int, event: str = "future_event", *, reply: Ok | None = None
+) -> UnknownEventAfter:
+    """Send `n` events, then `event: EVENT` with `data: {"type": EVENT}`, then the rest.
+
+    The API adds event types over time; a client must let one it does not know pass. The
+    SDK hands it on as an event of that `type`, from raw streams and stream helpers alike,
+    and leaves it out of the message it accumulates. A non-streaming request gets the reply
+    unchanged.
+    """
+    _check_n(n)
+    if not event or any(c in event for c in "\r\n"):
+        raise ValueError(f"event must be a non-empty name on one line, got {event!r}")
+    return UnknownEventAfter(n=n, event=event, reply=reply)
+
+
+_HUGE_PATTERN = "The quick brown fox jumps over the lazy dog; \u00e9t\u00e9 \u2192 \u65e5\u672c. "
+
+
+def huge_line(size: int = 10_000_000, *, reply: Ok | None = None) -> HugeLine:
+    """A correct reply with a first text block sent as one `text_delta` of at least `size` bytes.
+
+    On a stream that event's `data:` line is over `size` bytes long (10 MB by default); a
+    non-streaming request gets the same message as one JSON body. The text mixes one-, two-
+    and three-byte UTF-8 characters. The blocks of `reply` (default: `ok()`'s) follow it.
+    """
+    if size < 1:
+        raise ValueError(f"size must be at least 1, got {size}")
+    repeats = -(-size // len(_HUGE_PATTERN.encode()))  # rounded up
+    base = reply or DEFAULT_OK
+    sent = ok(
+        Text(_HUGE_PATTERN * repeats, deltas=1),
+        *base.blocks,
+        model=base.model,
+        stop_reason=base.stop_reason,
+        usage=base.usage,
+        ping_after_start=base.ping_after_start,
+        message_id=base.message_id,
+    )
+    return HugeLine(size=size, reply=sent)
+
+
+def invalid_utf8_after(n: int, *, reply: Ok | None = None) -> InvalidUtf8After:
+    """Send `n` events, then an event whose text holds bytes that are not UTF-8, then end the body.
+
+    A non-streaming request gets a complete body (by its `content-length`) that is not UTF-8.
+    """
+    _check_n(n)
+    return InvalidUtf8After(n=n, reply=reply)
+
+
+def proxy_error(code: int = 502) -> ProxyError:
+    """An HTML error page (`content-type: text/html`) with status `code`, as a proxy sends it.
+
+    No `request-id` header and no JSON: the API never saw the request.
+    """
+    if not 400 <= code <= 599:
+        raise ValueError(f"code must be an HTTP error status (400-599), got {code}")
+    return ProxyError(code=code)
+
+
+def wrong_content_type(content_type: str = "text/html; charset=utf-8") -> WrongContentType:
+    """Answer HTTP 200 with `content_type` and an HTML page, not the API's answer.
+
+    What a captive portal or a misconfigured proxy does; the same for streaming and
+    non-streaming requests.
+    """
+    if not content_type or any(c in content_type for c in "\r\n"):
+        raise ValueError(f"content_type must be a header value, got {content_type!r}")
+    return WrongContentType(content_type=content_type)
+
+
+def reset_at_byte(offset: int, *, reply: Ok | None = None) -> ResetAtByte:
+    """Send the first `offset` bytes of the answer, then reset the connection (TCP RST).
+
+    `offset` counts from the first byte of the status line, so the cut may fall anywhere:
+    inside the headers, a chunk-size line, an event, a UTF-8 character. At or past the end
+    of the answer, the whole answer is sent, then the connection is reset.
+    """
+    if offset < 0:
+        raise ValueError(f"offset must be at least 0, got {offset}")
+    return ResetAtByte(offset=offset, reply=reply)
+
+
+def fragmented(
+    answer: Answer,
+    at: tuple[int, ...] | list[int] = (),
+    *,
+    line_ending: str = "\n",
+    pause: float = 0.001,
+) -> Fragmented:
+    """`answer`, with its bytes written in pieces cut at the byte offsets `at`.
+
+    Offsets count from the first byte of the status line; the server pauses `pause` seconds
+    between pieces, so that each arrives in a read of its own. `line_ending` ends the lines
+    of a stream's SSE events: `"\\n"` (the API's), `"\\r\\n"` or `"\\r"`, all three allowed by
+    the SSE format. What the answer is and what is recorded do not change.
+    """
+    if isinstance(answer, Fragmented):
+        raise TypeError("fragmented() takes an answer that is not fragmented already")
+    if not isinstance(answer, Answer):
+        raise TypeError(
+            f"fragmented() takes an answer from sdkguard.testing.faults, got {answer!r}"
+        )
+    cuts = tuple(sorted(set(at)))
+    if cuts and cuts[0] < 1:
+        raise ValueError(f"offsets must be at least 1, got {cuts[0]}")
+    if line_ending not in ("\n", "\r\n", "\r"):
+        raise ValueError(f"line_ending must be \\n, \\r\\n or \\r, got {line_ending!r}")
+    if pause < 0:
+        raise ValueError(f"pause must be at least 0, got {pause}")
+    return Fragmented(answer=answer, at=cuts, line_ending=line_ending, pause=pause)
