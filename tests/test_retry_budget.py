@@ -6,6 +6,7 @@ is simulated on the pure decision core, where 20,000 calls take a fraction of a 
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 
@@ -17,12 +18,12 @@ from sdkguard import Policy
 from sdkguard._decide import BUDGET, CallState, Failure, RetryBudget
 from sdkguard.testing import FakeAnthropic, faults
 from sdkguard.testing.faults import Answer
-from tests.helpers import API_KEY, MESSAGE_ARGS
+from tests.helpers import API_KEY, MESSAGE_ARGS, OverloadedError
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("guard")]
 
 OUTAGES: dict[str, tuple[Answer, type[Exception]]] = {
-    "overloaded": (faults.status(529), anthropic.OverloadedError),
+    "overloaded": (faults.status(529), OverloadedError),
     "connection_reset": (faults.reset_before_headers(), anthropic.APIConnectionError),
 }
 
@@ -31,6 +32,9 @@ def outage(
     server: FakeAnthropic, answer: Answer, calls: int, timeout: float = 5.0
 ) -> list[Exception]:
     """`calls` calls while every request gets `answer`; the errors they raised."""
+    # Streams of earlier tests, settled when collected, would refund or spend tokens here.
+    gc.collect()
+    BUDGET.reset()
     server.default(answer)
     errors: list[Exception] = []
     with (

@@ -336,7 +336,9 @@ def _outcomes(junit: Path) -> dict[str, str]:
     outcomes: dict[str, str] = {}
     for case in ET.parse(junit).getroot().iter("testcase"):
         module = case.get("classname", "").replace(".", "/")
-        node = f"{module}.py::{case.get('name', '')}"
+        name = case.get("name", "")
+        # A module that failed to import is a case with no class, named by its dotted path.
+        node = f"{module}.py::{name}" if module else name.replace(".", "/") + ".py"
         tags = {child.tag for child in case}
         outcome = (
             "failed"

@@ -469,6 +469,7 @@ class FakeAnthropic:
         self._received = 0
         self._started = False
         self._stopping = False
+        self._closing_idle = False  # refusing: a connection done answering is closed
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -595,8 +596,9 @@ class FakeAnthropic:
 
         With `close_idle` (the default), keep-alive connections waiting for a request are
         closed too, as by a server going down; otherwise a pooled connection would keep
-        working. Connections in the middle of an answer are left alone.
+        working. Connections in the middle of an answer finish it, then are closed.
         """
+        self._closing_idle = close_idle
         self._close_listener()
         if close_idle:
             with self._cond:
@@ -608,6 +610,7 @@ class FakeAnthropic:
         """Listen again, on the same port, after `refuse_connections()`."""
         if not self._started or self._stopping:
             raise RuntimeError("the server is not running")
+        self._closing_idle = False
         self._open_listener()
 
     def vanish_connections(self) -> None:
@@ -766,6 +769,8 @@ class FakeAnthropic:
                 raise _BadRequest
             with conn.lock:
                 conn.idle = not conn.buf
+            if conn.idle and self._closing_idle:
+                return None  # the server went down while this connection answered
             try:
                 more = conn.fill()
             finally:
