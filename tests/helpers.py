@@ -39,8 +39,8 @@ MODES = ("create_stream", "create", "stream_events", "stream_final")
 # What a stream helper adds to the raw events, when iterated.
 HELPER_EVENT_TYPES = frozenset({"text", "citation", "input_json", "thinking", "signature"})
 
-# Older SDKs (0.x, 1.0) hand on only the event types their `Stream` names; later ones hand on
-# any type, as the API adds new ones. Tests expect what the plain SDK would hand on.
+# Older SDKs (0.x to 1.15 at least) hand on only the event types their `Stream` names; 2.x
+# hands on any type, as the API adds new ones. Tests expect what the plain SDK hands on.
 _NAMED_TYPES = frozenset(
     {
         "message_start",
