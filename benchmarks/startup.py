@@ -82,6 +82,9 @@ QUICK = Sizes(install_samples=2, rounds=2, launches=3)
 def _environ(auto: bool) -> dict[str, str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("SDKGUARD_")}
     environ.pop("PYTHONPATH", None)
+    # As on a user's machine, byte code is cached: with this set (some sandboxes and CI
+    # images set it), every sample would compile sdkguard from source, about 20 ms more.
+    environ.pop("PYTHONDONTWRITEBYTECODE", None)
     if auto:
         environ["SDKGUARD_AUTO"] = "1"
     return environ
