@@ -16,19 +16,25 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from opentelemetry import context as otel_context
-from opentelemetry import metrics, trace
-from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.metrics import _internal as _metrics_api
+from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from sdkguard._decide import BUDGET
 from sdkguard._patch import current_policy
 from sdkguard._version import __version__
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import CallbackOptions, Observation
+
+# The metrics API is imported when instruments are made (4 ms at start-up otherwise; the SDK
+# imports only the tracing API). Until something imports it, no meter provider can be set.
+_METRICS_API = "opentelemetry.metrics._internal"
 
 __all__ = ["CallTelemetry", "start_call"]
 
@@ -46,6 +52,8 @@ class _Instruments:
     def __init__(self, tracer_provider: Any, meter_provider: Any) -> None:
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
+        from opentelemetry import metrics
+
         self.tracer = trace.get_tracer(SCOPE, __version__, tracer_provider=tracer_provider)
         meter = metrics.get_meter(SCOPE, __version__, meter_provider=meter_provider)
         self.duration = meter.create_histogram(
@@ -85,6 +93,8 @@ class _Instruments:
 
 def _budget_level(options: CallbackOptions) -> Iterator[Observation]:
     """Read when metrics are collected, so the calls themselves pay nothing for it."""
+    from opentelemetry.metrics import Observation
+
     policy = current_policy()
     if policy.retry_budget:
         yield Observation(BUDGET.available(policy.budget_capacity))
@@ -131,10 +141,11 @@ _UNKNOWN = object()
 
 def _nothing_configured() -> bool:
     """No global tracer or meter provider was set (an API without these globals: unknown)."""
+    metrics_api = sys.modules.get(_METRICS_API)
     return (
         not _PROVIDERS_FROM_ENV
         and getattr(trace, "_TRACER_PROVIDER", _UNKNOWN) is None
-        and getattr(_metrics_api, "_METER_PROVIDER", _UNKNOWN) is None
+        and (metrics_api is None or getattr(metrics_api, "_METER_PROVIDER", _UNKNOWN) is None)
     )
 
 
@@ -148,6 +159,8 @@ def _current(tracer_provider: Any = None) -> _Instruments | None:
     if not may_record(tracer_provider):
         return None
     try:
+        from opentelemetry import metrics
+
         tracer_provider = tracer_provider or trace.get_tracer_provider()
         meter_provider = metrics.get_meter_provider()
     except Exception:  # a provider that cannot load must never break a call

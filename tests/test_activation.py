@@ -233,6 +233,15 @@ def test_without_sdkguard_auto_start_up_imports_nothing() -> None:
         assert heavy(modules) == set()
 
 
+def test_install_leaves_the_metrics_api_unloaded_until_a_call_may_record() -> None:
+    # Start-up: the metrics API costs milliseconds to import, and no meter provider can be set
+    # before something imports it. A provider set afterwards is still found (test_telemetry).
+    code = "import anthropic, sdkguard; sdkguard.install()"
+    modules = imported_modules(environment(), code)
+    assert "sdkguard._telemetry" in modules
+    assert "opentelemetry.metrics" not in modules
+
+
 def test_with_sdkguard_auto_a_process_that_does_not_use_the_sdk_loads_nothing_heavy() -> None:
     modules = imported_modules(environment(SDKGUARD_AUTO="1"))
     assert "_sdkguard_startup" in modules
