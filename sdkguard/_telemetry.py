@@ -32,11 +32,24 @@ from sdkguard._version import __version__
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Observation
 
+__all__ = ["CallTelemetry", "start_call"]
+
 # The metrics API is imported when instruments are made (4 ms at start-up otherwise; the SDK
 # imports only the tracing API). Until something imports it, no meter provider can be set.
 _METRICS_API = "opentelemetry.metrics._internal"
+_metrics: Any = None
 
-__all__ = ["CallTelemetry", "start_call"]
+
+def _metrics_module() -> Any:
+    """`opentelemetry.metrics`, imported on first use (an import statement costs microseconds
+    on every call where this is read)."""
+    global _metrics
+    if _metrics is None:
+        from opentelemetry import metrics
+
+        _metrics = metrics
+    return _metrics
+
 
 SCOPE = "sdkguard"
 # The GenAI semantic conventions' advisory buckets.
@@ -52,10 +65,8 @@ class _Instruments:
     def __init__(self, tracer_provider: Any, meter_provider: Any) -> None:
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
-        from opentelemetry import metrics
-
         self.tracer = trace.get_tracer(SCOPE, __version__, tracer_provider=tracer_provider)
-        meter = metrics.get_meter(SCOPE, __version__, meter_provider=meter_provider)
+        meter = _metrics_module().get_meter(SCOPE, __version__, meter_provider=meter_provider)
         self.duration = meter.create_histogram(
             "gen_ai.client.operation.duration",
             unit="s",
@@ -159,10 +170,8 @@ def _current(tracer_provider: Any = None) -> _Instruments | None:
     if not may_record(tracer_provider):
         return None
     try:
-        from opentelemetry import metrics
-
         tracer_provider = tracer_provider or trace.get_tracer_provider()
-        meter_provider = metrics.get_meter_provider()
+        meter_provider = _metrics_module().get_meter_provider()
     except Exception:  # a provider that cannot load must never break a call
         return None
     if _no_op(tracer_provider) and _no_op(meter_provider):
