@@ -75,6 +75,7 @@ class GuardedCall:
     __slots__ = (
         "_attempt_started",
         "_base_timeout",
+        "_first_attempt_options",
         "_idempotency_key",
         "_name",
         "cast_to",
@@ -106,6 +107,7 @@ class GuardedCall:
         self.options = options
         self._name: str | None = None
         self._idempotency_key = _sdk.idempotency_key(client, options)
+        self._first_attempt_options: Any = None
         self._base_timeout = _sdk.effective_timeout(client, options)
         now = time.monotonic()
         self.state = CallState(policy, started_at=now)
@@ -132,7 +134,7 @@ class GuardedCall:
     def settle(self) -> None:
         """No attempt follows: keep the call's name, drop the request options."""
         self._name = self.name
-        self.options = None
+        self.options = self._first_attempt_options = None
 
     # -- attempts -------------------------------------------------------------------------
 
@@ -149,9 +151,15 @@ class GuardedCall:
             base.write,
             _min(base.pool, remaining),
         )
-        return _sdk.attempt_options(
-            self.options, self.state.attempt - 1, timeout, self._idempotency_key
-        )
+        key = self._idempotency_key
+        if key is None and self._first_attempt_options is not None:
+            key = self._idempotency_key = _sdk.first_attempt_key(
+                self.client, self._first_attempt_options
+            )
+        options = _sdk.attempt_options(self.options, self.state.attempt - 1, timeout, key)
+        if key is None:  # the SDK sets the key on these options (see `_sdk.idempotency_key`)
+            self._first_attempt_options = options
+        return options
 
     def body_read_timeout(self) -> float | None:
         """The per-read limit of a stream's body: the idle limit, within the deadline."""
@@ -336,14 +344,17 @@ def _partial_or_none(partial: Callable[[], Any] | None) -> Any:
 
 
 def open_sync(call: GuardedCall, send: Callable[[Any], Any]) -> Any:
-    """Send attempts until one gets a response (headers, or a whole non-streaming answer)."""
+    """Send attempts until one gets a response (headers, or a whole non-streaming answer).
+
+    `send(options)` sends one attempt; an answer the SDK could only hand back as text (not
+    JSON) fails the attempt (`_sdk.checked`)."""
     while True:
         token = _sdk.enter_attempt(call.state.attempt)
         try:
             if call.telemetry is None:
-                return send(call.attempt_options())
+                return _sdk.checked(call.cast_to, send(call.attempt_options()))
             with call.telemetry.attempt(call.state.attempt):
-                return send(call.attempt_options())
+                return _sdk.checked(call.cast_to, send(call.attempt_options()))
         except Exception as err:
             step = call.failed(err, "response")
             if step.error is err:
@@ -361,9 +372,9 @@ async def open_async(call: GuardedCall, send: Callable[[Any], Awaitable[Any]]) -
         token = _sdk.enter_attempt(call.state.attempt)
         try:
             if call.telemetry is None:
-                return await send(call.attempt_options())
+                return _sdk.checked(call.cast_to, await send(call.attempt_options()))
             with call.telemetry.attempt(call.state.attempt):
-                return await send(call.attempt_options())
+                return _sdk.checked(call.cast_to, await send(call.attempt_options()))
         except Exception as err:
             step = call.failed(err, "response")
             if step.error is err:

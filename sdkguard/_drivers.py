@@ -5,6 +5,7 @@ Loaded when the SDK is patched (with anthropic), never by `import sdkguard`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ from sdkguard import _sdk
 from sdkguard._call import GuardedCall, open_async, open_sync
 from sdkguard._plain import PlainCall
 from sdkguard._policy import Policy
-from sdkguard._sdk import checked, is_guarded_request, restore_keepalive
+from sdkguard._sdk import is_guarded_request, restore_keepalive
 from sdkguard._stream import adopt_async, adopt_sync, drain_async, drain_sync, guard_of
 
 __all__ = [
@@ -63,13 +64,7 @@ def request_sync(
     call = GuardedCall(
         client, cast_to, options, stream=stream, policy=policy, sdk_call=extra.get("call")
     )
-
-    def send(attempt_options: Any) -> Any:
-        return checked(
-            cast_to,
-            wrapped(cast_to, attempt_options, stream=stream, stream_cls=stream_cls, **extra),
-        )
-
+    send = functools.partial(wrapped, cast_to, stream=stream, stream_cls=stream_cls, **extra)
     result = open_sync(call, send)
     if stream:
         return adopt_sync(call, result, send)
@@ -118,13 +113,7 @@ async def request_async(
     call = GuardedCall(
         client, cast_to, options, stream=stream, policy=policy, sdk_call=extra.get("call")
     )
-
-    async def send(attempt_options: Any) -> Any:
-        return checked(
-            cast_to,
-            await wrapped(cast_to, attempt_options, stream=stream, stream_cls=stream_cls, **extra),
-        )
-
+    send = functools.partial(wrapped, cast_to, stream=stream, stream_cls=stream_cls, **extra)
     result = await open_async(call, send)
     if stream:
         return adopt_async(call, result, send)

@@ -76,6 +76,9 @@ def request_method(client_class: type) -> str:
     return "request"
 
 
+_KEY_SET_ON_ATTEMPT_OPTIONS = request_method(_base_client.SyncAPIClient) == "_request"
+
+
 def is_guarded_request(options: Any) -> bool:
     """POST to a Messages endpoint: the only requests sdkguard takes over."""
     if options.method.lower() != "post":
@@ -137,8 +140,21 @@ def explicit_max_retries(client: Any, options: Any) -> int | None:
 
 
 def idempotency_key(client: Any, options: Any) -> str | None:
-    """The key every attempt of a call shares, as in the SDK's own retry loop."""
-    key: str | None = options.idempotency_key or client._idempotency_key()
+    """The key every attempt of a call shares, as in the SDK's own retry loop.
+
+    None when the SDK will make it: from 1.14 its `_request` sets a missing key on the options
+    it is given, the first attempt's, and the later attempts take it from there
+    (`first_attempt_key`). A call that succeeds at once then makes no key of its own.
+    """
+    key: str | None = options.idempotency_key
+    if key is None and not _KEY_SET_ON_ATTEMPT_OPTIONS:
+        key = client._idempotency_key()
+    return key
+
+
+def first_attempt_key(client: Any, first_attempt_options: Any) -> str:
+    """The key the first attempt was sent with (a new one if the SDK made none)."""
+    key: str = first_attempt_options.idempotency_key or client._idempotency_key()
     return key
 
 
@@ -473,6 +489,9 @@ class _ProgressWatch:
             yield sse
 
 
+_BEDROCK_RAISES_VALUE_ERROR = SDK_VERSION.startswith("0.")
+
+
 def adapt_stream(stream: Any) -> None:
     """Make a Bedrock stream of anthropic 0.x report a failure as later versions do.
 
@@ -481,9 +500,11 @@ def adapt_stream(stream: Any) -> None:
     `APIStatusError` whose body names the exception, which sdkguard classifies like an SSE
     `error` event. Old streams get the same, so their failures are retried and raised alike.
     """
+    if not _BEDROCK_RAISES_VALUE_ERROR:
+        return
     decoder: Any = getattr(stream, "_decoder", None)
     parse = getattr(decoder, "_parse_message_from_event", None)
-    if parse is None or not SDK_VERSION.startswith("0."):
+    if parse is None:
         return
 
     def parse_message(message: Any) -> Any:

@@ -230,6 +230,20 @@ def test_one_idempotency_key_and_counted_attempts(
     assert [r.headers["x-stainless-retry-count"] for r in server.requests] == ["0", "1", "2"]
 
 
+def test_every_attempt_sends_the_first_attempts_idempotency_key(
+    server: FakeAnthropic, guard: None, client: anthropic.Anthropic
+) -> None:
+    # Anthropic's own client sends no key; a client that names a header (a gateway's subclass)
+    # gets one per call, the same on every attempt, as in the SDK's own retry loop.
+    client._idempotency_header = "Idempotency-Key"
+    server.script(faults.reset_before_headers(), faults.status(529), faults.ok())
+    client.messages.create(**MESSAGE_ARGS)
+    client.messages.create(**MESSAGE_ARGS)
+    keys = [r.headers.get("idempotency-key") for r in server.requests]
+    assert len(keys) == 4 and keys[0] and len(set(keys[:3])) == 1
+    assert keys[3] != keys[0]  # a new call, a new key
+
+
 # -- deadline, hooks ---------------------------------------------------------------------------
 
 
