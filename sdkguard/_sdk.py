@@ -217,13 +217,12 @@ def construct(model_class: type, data: dict[str, Any]) -> Any:
 def attempt_options(options: Any, retries_taken: int, timeout: Any, key: str | None) -> Any:
     """The options of one attempt: the SDK's own retries off, its retry count, our timeout."""
     update: dict[str, Any] = {"max_retries": 0, "idempotency_key": key, "timeout": timeout}
-    headers = options.headers if isinstance(options.headers, dict) else {}
-    # A header the caller set (or `Omit()`-ted) wins, as it does in the SDK's own loop.
-    for name in headers:
-        if name.lower() == _RETRY_COUNT_HEADER:
-            break
-    else:
-        update["headers"] = {**headers, _RETRY_COUNT_HEADER: str(retries_taken)}
+    # The SDK counts a first attempt itself; later ones it would also call the first. A header
+    # the caller set (or `Omit()`-ted) wins, as it does in the SDK's own loop.
+    if retries_taken:
+        headers = options.headers if isinstance(options.headers, dict) else {}
+        if not any(name.lower() == _RETRY_COUNT_HEADER for name in headers):
+            update["headers"] = {**headers, _RETRY_COUNT_HEADER: str(retries_taken)}
     return copy_model(options, update)
 
 
