@@ -175,15 +175,19 @@ def copy_model(model: Any, update: dict[str, Any]) -> Any:
     return copied
 
 
-Frozen = tuple[type, str]
+Frozen = tuple[type, "str | bytes"]
 """An SDK model kept as its class and its JSON: see `freeze`."""
 
 
 def freeze(model: Any) -> Frozen:
     """A compact copy of an SDK model: its class and its JSON as the API sent it (API names,
     only the fields it sent), a few hundred bytes where the objects take kilobytes."""
-    if hasattr(model, "model_dump_json"):
-        return type(model), model.model_dump_json(by_alias=True, exclude_unset=True, warnings=False)
+    serializer = getattr(type(model), "__pydantic_serializer__", None)
+    if serializer is not None:  # pydantic 2: what `model_dump_json` calls, without its layer
+        json_bytes: bytes = serializer.to_json(
+            model, by_alias=True, exclude_unset=True, warnings=False
+        )
+        return type(model), json_bytes
     return type(model), model.json(by_alias=True, exclude_unset=True)  # pragma: no cover
 
 
