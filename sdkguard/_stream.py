@@ -316,12 +316,10 @@ class _SyncGuard(_Guard):
                         # Text deltas are nearly every event: recorded inline, read from
                         # the models' field dicts (their attribute access costs 4x more).
                         fields = getattr(event, "__dict__", _NO_FIELDS)
-                        if fields.get("type") == "content_block_delta":
-                            delta = fields["delta"].__dict__
-                            if delta.get("type") == "text_delta":
-                                blocks[fields["index"]].append(delta["text"])
-                            else:
-                                add(event)
+                        is_delta = fields.get("type") == "content_block_delta"
+                        delta = fields["delta"].__dict__ if is_delta else _NO_FIELDS
+                        if delta.get("type") == "text_delta":
+                            blocks[fields["index"]].append(delta["text"])
                         else:
                             add(event)
                         yield event
@@ -387,12 +385,10 @@ class _AsyncGuard(_Guard):
                     async for event in inner:
                         # Recorded as in the sync guard.
                         fields = getattr(event, "__dict__", _NO_FIELDS)
-                        if fields.get("type") == "content_block_delta":
-                            delta = fields["delta"].__dict__
-                            if delta.get("type") == "text_delta":
-                                blocks[fields["index"]].append(delta["text"])
-                            else:
-                                add(event)
+                        is_delta = fields.get("type") == "content_block_delta"
+                        delta = fields["delta"].__dict__ if is_delta else _NO_FIELDS
+                        if delta.get("type") == "text_delta":
+                            blocks[fields["index"]].append(delta["text"])
                         else:
                             add(event)
                         yield event
