@@ -175,7 +175,7 @@ def copy_model(model: Any, update: dict[str, Any]) -> Any:
     return copied
 
 
-Frozen = tuple[type, "str | bytes"]
+Frozen = tuple[type, str | bytes]
 """An SDK model kept as its class and its JSON: see `freeze`."""
 
 

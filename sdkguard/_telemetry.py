@@ -110,9 +110,9 @@ class _Instruments:
 class _AttemptCounts:
     """`sdkguard.attempts`: counted here, reported when metrics are collected.
 
-    An asynchronous counter exports the same cumulative sums as a synchronous one; it spares
-    every call a measurement through the metrics SDK (attribute hashing, aggregation, an
-    exemplar), a quarter of what its telemetry cost. Attempts carry no exemplars.
+    An asynchronous counter exports the same cumulative sums as a synchronous one, and spares
+    every call one of its four measurements through the metrics SDK (attribute cleaning and
+    hashing, aggregation, an exemplar). Attempts carry no exemplars.
     """
 
     def __init__(self) -> None:
