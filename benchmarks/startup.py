@@ -319,8 +319,7 @@ WHY_MEASURABLE = (
     "Python 3.11 or older processes its site-packages twice, so the line runs twice. In these "
     "bare venvs it is the only `.pth` file, which also makes it pay for the first file `site` "
     "opens; in an environment that has other `.pth` files already (setuptools, editable "
-    "installs) it adds about 0.1 ms. Nothing is imported "
-    "while `SDKGUARD_AUTO` is unset."
+    "installs) it adds about 0.1 ms. Nothing is imported while `SDKGUARD_AUTO` is unset."
 )
 
 

@@ -107,6 +107,9 @@ class _Instruments:
         )
 
 
+_AttemptKey = tuple[tuple[str, str], ...]
+
+
 class _AttemptCounts:
     """`sdkguard.attempts`: counted here, reported when metrics are collected.
 
@@ -117,10 +120,10 @@ class _AttemptCounts:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts: dict[tuple[tuple[str, str], ...], int] = {}
+        self._counts: dict[_AttemptKey, int] = {}
 
-    def add(self, attributes: Mapping[str, str]) -> None:
-        key = tuple(attributes.items())
+    def add(self, key: _AttemptKey) -> None:
+        """One more attempt with these attributes (as `(name, value)` pairs)."""
         with self._lock:
             self._counts[key] = self._counts.get(key, 0) + 1
 
@@ -246,7 +249,7 @@ def _call_attributes(operation: str, model: str | None) -> _CallAttributes:
     return found
 
 
-_SUCCESS = {"sdkguard.outcome": "success"}
+_SUCCESS: _AttemptKey = (("sdkguard.outcome", "success"),)
 
 
 class _AttemptScope:
@@ -398,7 +401,7 @@ class CallTelemetry:
         outcome = "retry" if wait is not None else "failed"
         instruments = self._instruments
         attributes = {"sdkguard.outcome": outcome, "sdkguard.reason": reason}
-        instruments.attempts.add(attributes)
+        instruments.attempts.add(tuple(attributes.items()))
         if stall is not None:
             instruments.stalls.add(1, {"sdkguard.limit": stall})
         if wait is not None:
