@@ -70,7 +70,7 @@ def add_note(err: BaseException, note: str) -> None:
 
 
 class GuardedCall:
-    """One logical call: its policy, its retry state and the SDK objects every attempt needs."""
+    """One logical call: its policy, its retry state and what the SDK said the call is."""
 
     __slots__ = (
         "_attempt_started",
@@ -78,68 +78,66 @@ class GuardedCall:
         "_first_attempt_options",
         "_idempotency_key",
         "_name",
-        "cast_to",
-        "client",
-        "options",
         "policy",
+        "sdk",
         "state",
         "stream",
         "telemetry",
     )
 
-    def __init__(
-        self,
-        client: Any,
-        cast_to: Any,
-        options: Any,
-        *,
-        stream: bool,
-        policy: Policy,
-        sdk_call: Any = None,
-    ) -> None:
-        explicit = _sdk.explicit_max_retries(client, options)
-        if explicit is not None:
-            policy = with_max_attempts(policy, explicit + 1)
-        self.client = client
-        self.cast_to = cast_to
-        self.stream = stream
+    def __init__(self, sdk_call: _sdk.SdkCall, policy: Policy) -> None:
+        if sdk_call.explicit_max_retries is not None:
+            policy = with_max_attempts(policy, sdk_call.explicit_max_retries + 1)
+        self.sdk: _sdk.SdkCall | None = sdk_call
+        """What the SDK said the call is; dropped when no attempt can follow (`settle`)."""
+        self.stream = sdk_call.stream
         self.policy = policy
-        self.options = options
         self._name: str | None = None
-        self._idempotency_key = _sdk.idempotency_key(client, options)
+        self._idempotency_key = sdk_call.idempotency_key
         self._first_attempt_options: Any = None
-        self._base_timeout = _sdk.effective_timeout(client, options)
+        self._base_timeout = sdk_call.base_timeout
         now = time.monotonic()
         self.state = CallState(policy, started_at=now)
         self._attempt_started = now
-        traced, tracer_provider = _sdk.client_tracing(client)
+        tracer_provider = sdk_call.tracer_provider
         self.telemetry = (
             _telemetry.start_call(
                 lambda: self.name,
-                _sdk.request_body(options),
-                client.base_url,
-                stream=stream,
-                sdk_call=sdk_call,
+                sdk_call.body(),
+                sdk_call.base_url(),
+                stream=sdk_call.stream,
+                sdk_call=sdk_call.sdk_span_call,
                 tracer_provider=tracer_provider,
             )
-            if traced and _telemetry.may_record(tracer_provider)
+            if sdk_call.traced and _telemetry.may_record(tracer_provider)
             else None
         )
 
     @property
     def name(self) -> str:
         """The SDK method, for log lines and hooks (only computed when something is said)."""
-        return self._name or _sdk.call_name(self.cast_to, self.options)
+        return self._name if self._name is not None else self._unsettled().name
+
+    def _unsettled(self) -> _sdk.SdkCall:
+        sdk = self.sdk
+        assert sdk is not None, "a settled call sends no attempt"
+        return sdk
+
+    def checked(self, result: Any) -> Any:
+        """An attempt's result, unless the SDK handed back a body that is not JSON as text."""
+        return _sdk.checked(self._unsettled().cast_to, result)
 
     def settle(self) -> None:
-        """No attempt follows: keep the call's name, drop the request options."""
+        """No attempt follows: keep the call's name, drop the request."""
         self._name = self.name
-        self.options = self._first_attempt_options = None
+        self._first_attempt_options = None
+        self.sdk = None
 
     # -- attempts -------------------------------------------------------------------------
 
     def attempt_options(self) -> Any:
         """Options for the next attempt: SDK retries off, its retry count, our timeouts."""
+        sdk = self._unsettled()
         self._attempt_started = now = time.monotonic()
         policy = self.policy
         remaining = self._remaining(now)
@@ -153,11 +151,9 @@ class GuardedCall:
         )
         key = self._idempotency_key
         if key is None and self._first_attempt_options is not None:
-            key = self._idempotency_key = _sdk.first_attempt_key(
-                self.client, self._first_attempt_options
-            )
-        options = _sdk.attempt_options(self.options, self.state.attempt - 1, timeout, key)
-        if key is None:  # the SDK sets the key on these options (see `_sdk.idempotency_key`)
+            key = self._idempotency_key = sdk.first_attempt_key(self._first_attempt_options)
+        options = _sdk.attempt_options(sdk.options, self.state.attempt - 1, timeout, key)
+        if key is None:  # the SDK sets the key on these options (see `SdkCall.idempotency_key`)
             self._first_attempt_options = options
         return options
 
@@ -206,7 +202,7 @@ class GuardedCall:
                 response.headers,
                 policy=self.policy,
                 wall_now=time.time(),
-                client_should_retry=lambda: bool(self.client._should_retry(response)),
+                client_should_retry=lambda: self._unsettled().client_would_retry(response),
             )
         return classify_exception(err, phase=phase, stream=self.stream)
 
@@ -347,14 +343,14 @@ def open_sync(call: GuardedCall, send: Callable[[Any], Any]) -> Any:
     """Send attempts until one gets a response (headers, or a whole non-streaming answer).
 
     `send(options)` sends one attempt; an answer the SDK could only hand back as text (not
-    JSON) fails the attempt (`_sdk.checked`)."""
+    JSON) fails the attempt (`GuardedCall.checked`)."""
     while True:
         token = _sdk.enter_attempt(call.state.attempt)
         try:
             if call.telemetry is None:
-                return _sdk.checked(call.cast_to, send(call.attempt_options()))
+                return call.checked(send(call.attempt_options()))
             with call.telemetry.attempt(call.state.attempt):
-                return _sdk.checked(call.cast_to, send(call.attempt_options()))
+                return call.checked(send(call.attempt_options()))
         except Exception as err:
             step = call.failed(err, "response")
             if step.error is err:
@@ -372,9 +368,9 @@ async def open_async(call: GuardedCall, send: Callable[[Any], Awaitable[Any]]) -
         token = _sdk.enter_attempt(call.state.attempt)
         try:
             if call.telemetry is None:
-                return _sdk.checked(call.cast_to, await send(call.attempt_options()))
+                return call.checked(await send(call.attempt_options()))
             with call.telemetry.attempt(call.state.attempt):
-                return _sdk.checked(call.cast_to, await send(call.attempt_options()))
+                return call.checked(await send(call.attempt_options()))
         except Exception as err:
             step = call.failed(err, "response")
             if step.error is err:

@@ -1,11 +1,11 @@
 """The guarded `request` of the sync and async clients: open, then hand streams to `_stream`.
 
-Loaded when the SDK is patched (with anthropic), never by `import sdkguard`.
+Loaded when the SDK is patched (with anthropic), never by `import sdkguard`. What a call is
+is read from the SDK once, here at the entry (`_sdk.read_call`); the attempt loop carries it.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -15,76 +15,57 @@ from sdkguard import _sdk
 from sdkguard._call import GuardedCall, open_async, open_sync
 from sdkguard._plain import PlainCall
 from sdkguard._policy import Policy
-from sdkguard._sdk import is_guarded_request, restore_keepalive
+from sdkguard._sdk import (
+    is_guarded_request,
+    raw_stream_of,
+    reset_message_stream,
+    restore_keepalive,
+)
 from sdkguard._stream import adopt_async, adopt_sync, drain_async, drain_sync, guard_of
 
 __all__ = [
     "guard_of",
     "is_guarded_request",
+    "raw_stream_of",
     "request_async",
     "request_sync",
+    "reset_message_stream",
     "restore_keepalive",
 ]
 
 
-def _bind(
-    cast_to: Any,
-    options: Any,
-    *_: Any,
-    stream: bool = False,
-    stream_cls: Any = None,
-    **extra: Any,
-) -> tuple[Any, Any, bool, Any, dict[str, Any]]:
-    # The arguments of the patched method. `extra` is the SDK's `call=` (its span), passed on
-    # to every attempt; 0.x had a `remaining_retries` positional, which we drop.
-    return cast_to, options, stream, stream_cls, extra
-
-
-def _plain_call(
-    client: Any, policy: Policy, cast_to: Any, options: Any, extra: Any, asynchronous: bool
-) -> Any:
-    """The non-streaming call to send as a stream, or None."""
-    if not policy.stream_plain_calls:
-        return None
-    stream_cls = _sdk.plain_call_stream_class(
-        client, cast_to, options, extra.get("call"), asynchronous=asynchronous
+def _enter(
+    client: Any, policy: Policy, args: tuple[Any, ...], kwargs: dict[str, Any], asynchronous: bool
+) -> _sdk.SdkCall:
+    _sdk.apply_keepalive(client, policy.tcp_keepalive)
+    return _sdk.read_call(
+        client, args, kwargs, asynchronous=asynchronous, plain_calls=policy.stream_plain_calls
     )
-    return None if stream_cls is None else PlainCall(client, cast_to, options, stream_cls)
 
 
 def request_sync(
     wrapped: Callable[..., Any], client: Any, policy: Policy, *args: Any, **kwargs: Any
 ) -> Any:
     """The guarded `SyncAPIClient._request` (`request` before the SDK had tracing)."""
-    cast_to, options, stream, stream_cls, extra = _bind(*args, **kwargs)
-    _sdk.apply_keepalive(client, policy.tcp_keepalive)
-    plain = None if stream else _plain_call(client, policy, cast_to, options, extra, False)
-    if plain is not None:
-        return _plain_sync(wrapped, client, policy, plain, extra)
-    call = GuardedCall(
-        client, cast_to, options, stream=stream, policy=policy, sdk_call=extra.get("call")
-    )
-    send = functools.partial(wrapped, cast_to, stream=stream, stream_cls=stream_cls, **extra)
+    sdk_call = _enter(client, policy, args, kwargs, asynchronous=False)
+    if sdk_call.plain_stream_cls is not None:
+        return _plain_sync(wrapped, PlainCall(sdk_call.as_stream()), policy)
+    call = GuardedCall(sdk_call, policy)
+    send = sdk_call.sender(wrapped)
     result = open_sync(call, send)
-    if stream:
+    if sdk_call.stream:
         return adopt_sync(call, result, send)
     call.succeeded(result)
     return result
 
 
-def _plain_sync(
-    wrapped: Callable[..., Any], client: Any, policy: Policy, plain: PlainCall, extra: Any
-) -> Any:
+def _plain_sync(wrapped: Callable[..., Any], plain: PlainCall, policy: Policy) -> Any:
     """A non-streaming call sent as a stream; the caller gets the same message."""
-    cast_to = plain.cast_to
-    call = GuardedCall(
-        client, cast_to, plain.options, stream=True, policy=policy, sdk_call=extra.get("call")
-    )
+    call = GuardedCall(plain.sdk_call, policy)
+    send_stream = plain.sdk_call.sender(wrapped)
 
     def send(attempt_options: Any) -> Any:
-        stream = wrapped(
-            cast_to, attempt_options, stream=True, stream_cls=plain.stream_cls, **extra
-        )
+        stream = send_stream(attempt_options)
         parsing = plain.json_answer(stream, call.body_read_timeout(), call.state.attempt - 1)
         if parsing is not None:
             plain.answered(stream, parsing)
@@ -105,35 +86,25 @@ async def request_async(
     wrapped: Callable[..., Any], client: Any, policy: Policy, *args: Any, **kwargs: Any
 ) -> Any:
     """The guarded `AsyncAPIClient._request` (`request` before the SDK had tracing)."""
-    cast_to, options, stream, stream_cls, extra = _bind(*args, **kwargs)
-    _sdk.apply_keepalive(client, policy.tcp_keepalive)
-    plain = None if stream else _plain_call(client, policy, cast_to, options, extra, True)
-    if plain is not None:
-        return await _plain_async(wrapped, client, policy, plain, extra)
-    call = GuardedCall(
-        client, cast_to, options, stream=stream, policy=policy, sdk_call=extra.get("call")
-    )
-    send = functools.partial(wrapped, cast_to, stream=stream, stream_cls=stream_cls, **extra)
+    sdk_call = _enter(client, policy, args, kwargs, asynchronous=True)
+    if sdk_call.plain_stream_cls is not None:
+        return await _plain_async(wrapped, PlainCall(sdk_call.as_stream()), policy)
+    call = GuardedCall(sdk_call, policy)
+    send = sdk_call.sender(wrapped)
     result = await open_async(call, send)
-    if stream:
+    if sdk_call.stream:
         return adopt_async(call, result, send)
     call.succeeded(result)
     return result
 
 
-async def _plain_async(
-    wrapped: Callable[..., Any], client: Any, policy: Policy, plain: PlainCall, extra: Any
-) -> Any:
+async def _plain_async(wrapped: Callable[..., Any], plain: PlainCall, policy: Policy) -> Any:
     """`_plain_sync` for the async client."""
-    cast_to = plain.cast_to
-    call = GuardedCall(
-        client, cast_to, plain.options, stream=True, policy=policy, sdk_call=extra.get("call")
-    )
+    call = GuardedCall(plain.sdk_call, policy)
+    send_stream = plain.sdk_call.sender(wrapped)
 
     async def send(attempt_options: Any) -> Any:
-        stream = await wrapped(
-            cast_to, attempt_options, stream=True, stream_cls=plain.stream_cls, **extra
-        )
+        stream = await send_stream(attempt_options)
         parsing = plain.json_answer(stream, call.body_read_timeout(), call.state.attempt - 1)
         if parsing is not None:
             plain.answered(stream, await parsing)

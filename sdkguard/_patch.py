@@ -121,48 +121,20 @@ def _apply_patches() -> None:
 
 def _patch_sdk() -> None:
     global _drivers
-    from anthropic import _base_client
-
     from sdkguard import _drivers as drivers
     from sdkguard import _sdk
 
     _drivers = drivers  # loaded with anthropic, never by `import sdkguard`
 
-    for client_class, wrapper in (
-        (_base_client.SyncAPIClient, _sync_request),
-        (_base_client.AsyncAPIClient, _async_request),
-    ):
-        _patch(client_class, _sdk.request_method(client_class), wrapper)
+    for client_class, method, is_async in _sdk.request_methods():
+        _patch(client_class, method, _async_request if is_async else _sync_request)
     request_class = _sdk.api_request_class()
     if request_class is not None:
         _patch(request_class, "__init__", _sdk.api_request_init)
-    from anthropic import _streaming
-
-    for stream_class in (_streaming.Stream, _streaming.AsyncStream):
+    for stream_class in _sdk.stream_classes():
         _patch(stream_class, "close", _stream_close)
-    for module_name, class_names in _STREAM_HELPERS:
-        module = sys.modules.get(module_name) or _import(module_name)
-        for class_name in class_names:
-            helper = getattr(module, class_name, None)
-            if helper is None or "until_done" not in helper.__dict__:
-                continue
-            is_async = class_name.startswith(("Async", "BetaAsync"))
-            _patch(helper, "until_done", _async_until_done if is_async else _sync_until_done)
-
-
-_STREAM_HELPERS = (
-    ("anthropic.lib.streaming._messages", ("MessageStream", "AsyncMessageStream")),
-    ("anthropic.lib.streaming._beta_messages", ("BetaMessageStream", "BetaAsyncMessageStream")),
-)
-
-
-def _import(name: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
+    for helper, is_async in _sdk.stream_helpers():
+        _patch(helper, "until_done", _async_until_done if is_async else _sync_until_done)
 
 
 def _guarded_policy(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Policy | None:
@@ -205,7 +177,7 @@ def _stream_close(
 
 def _restartable_guard(helper: Any) -> Any:
     """The guard of a stream helper's raw stream, if nothing has reached the user yet."""
-    raw_stream = getattr(helper, "_raw_stream", None)
+    raw_stream = _drivers.raw_stream_of(helper)
     guard = None if raw_stream is None else _drivers.guard_of(raw_stream)
     if guard is None or guard.delivery.committed or guard.restart_hook is not None:
         return None
@@ -218,9 +190,7 @@ def _sync_until_done(
     guard = _restartable_guard(instance)
     if guard is None:
         return wrapped(*args, **kwargs)
-    from sdkguard._sdk import reset_message_stream
-
-    guard.restart_hook = functools.partial(reset_message_stream, instance)
+    guard.restart_hook = functools.partial(_drivers.reset_message_stream, instance)
     try:
         return wrapped(*args, **kwargs)
     finally:
@@ -243,9 +213,7 @@ async def _guarded_async_until_done(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
-    from sdkguard._sdk import reset_message_stream
-
-    guard.restart_hook = functools.partial(reset_message_stream, instance)
+    guard.restart_hook = functools.partial(_drivers.reset_message_stream, instance)
     try:
         return await wrapped(*args, **kwargs)
     finally:

@@ -7,7 +7,7 @@ watch, and since nothing reaches the caller before the message is complete, ever
 failure at any point restarts the call (`_stream.drain_sync`).
 
 The message is rebuilt as the JSON body the non-streaming answer would have had, and that
-body goes through the SDK's own non-streaming code (`_sdk.parse_answer`): the caller gets the
+body goes through the SDK's own non-streaming code (`SdkCall.parse_answer`): the caller gets the
 `Message`, `BetaMessage` or `parse()` result the SDK would have made of it, `_request_id`
 included. A server that answers the stream request with JSON is taken at its word: that
 answer is parsed as it is.
@@ -39,15 +39,11 @@ class PlainAnswer:
 class PlainCall:
     """What a non-streaming call sent as a stream needs besides its `GuardedCall`."""
 
-    __slots__ = ("answer", "cast_to", "client", "options", "plain_options", "stream_cls")
+    __slots__ = ("answer", "sdk_call")
 
-    def __init__(self, client: Any, cast_to: Any, options: Any, stream_cls: Any) -> None:
-        self.client = client
-        self.cast_to = cast_to
-        self.plain_options = options
-        self.options = _sdk.as_stream_request(options)
-        """The request each attempt sends."""
-        self.stream_cls = stream_cls
+    def __init__(self, sdk_call: _sdk.SdkCall) -> None:
+        self.sdk_call = sdk_call
+        """The call as a stream (`SdkCall.as_stream`): what each attempt sends."""
         self.answer: Any = None
         """The JSON answer of the latest attempt, when it was not an event stream."""
 
@@ -58,35 +54,30 @@ class PlainCall:
             self.answer = None
             return None
         _sdk.set_body_read_timeout(response, read_timeout)
-        return self._parse(response, retries_taken=retries_taken, body=None)
+        return self.sdk_call.parse_answer(response, retries_taken, body=None)
 
     def answered(self, stream: Any, message: Any) -> None:
         """The attempt's JSON answer was parsed: the stream yields it whole to the guard.
 
         A 2xx page that is not JSON (a captive portal's) raises here, inside the attempt."""
-        self.answer = _sdk.checked(self.cast_to, message)
+        self.answer = _sdk.checked(self.sdk_call.cast_to, message)
         answer = PlainAnswer(message)
-        is_async = _sdk.is_async_stream(stream)
+        is_async = self.sdk_call.asynchronous
         _sdk.replace_iterator(stream, _one_async(answer) if is_async else _one(answer))
 
     def rebuilt(self, stream: Any, delivery: Delivery, retries_taken: int) -> Any:
         """The caller's result from the events `delivery` holds (awaitable when async)."""
         body = json.dumps(delivery.message_data(), separators=(",", ":")).encode()
-        return self._parse(stream.response, retries_taken=retries_taken, body=body)
+        return self.sdk_call.parse_answer(stream.response, retries_taken, body=body)
 
     def raise_as_plain(self, err: Exception) -> None:
         """Raise the error a non-streaming answer would have carried for a stream's `error`
         event (`OverloadedError` for `overloaded_error`, ...), with sdkguard's notes."""
-        error = _sdk.plain_status_error(self.client, err)
+        error = self.sdk_call.plain_status_error(err)
         if error is not None:
             for note in getattr(err, "__notes__", ()):
                 add_note(error, note)
             raise error from err
-
-    def _parse(self, response: Any, *, retries_taken: int, body: bytes | None) -> Any:
-        return _sdk.parse_answer(
-            self.client, self.cast_to, self.plain_options, response, retries_taken, body
-        )
 
 
 def _one(answer: PlainAnswer) -> Iterator[PlainAnswer]:

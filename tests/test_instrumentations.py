@@ -165,7 +165,7 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     if request.param == "own":
         # As on an SDK without tracing of its own: sdkguard's span is the call span. The
         # guarded client turns the SDK's spans off to match (see `_guarded_client`).
-        monkeypatch.setattr(_sdk, "client_tracing", lambda client: (True, None))
+        monkeypatch.setattr(_sdk.call, "client_tracing", lambda client: (True, None))
     return str(request.param)
 
 

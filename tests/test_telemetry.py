@@ -68,7 +68,7 @@ def otel(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorded]:
     use_global_providers(monkeypatch, recorded.tracer_provider, recorded.meter_provider)
     # As on an SDK without tracing of its own (before 1.14): sdkguard's call span is the
     # logical-call span. `_client` turns the SDK's own spans off to match.
-    monkeypatch.setattr(_sdk, "client_tracing", lambda client: (True, None))
+    monkeypatch.setattr(_sdk.call, "client_tracing", lambda client: (True, None))
     yield recorded
     recorded.tracer_provider.shutdown()
     recorded.meter_provider.shutdown()

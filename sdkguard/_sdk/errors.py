@@ -1,0 +1,63 @@
+"""The SDK's errors as sdkguard reads them, and the failures sdkguard detects itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sdkguard._sdk.release import http
+
+
+def request_of(err: BaseException) -> Any:
+    """The http request behind an error, for the SDK error classes that need one."""
+    request = getattr(err, "request", None)
+    if request is None:
+        response = getattr(err, "response", None)
+        request = getattr(response, "request", None)
+    if request is None:
+        request = http.Request("POST", "https://api.anthropic.com/v1/messages")
+    return request
+
+
+# Bedrock streams report a failure as an AWS exception, which the SDK passes on by its name.
+_BEDROCK_ERROR_TYPES = {
+    "serviceUnavailableException": "overloaded_error",
+    "throttlingException": "rate_limit_error",
+    "internalServerException": "api_error",
+    "modelStreamErrorException": "api_error",
+    "modelTimeoutException": "timeout_error",
+    "validationException": "invalid_request_error",
+}
+
+
+def error_type(body: object) -> str | None:
+    """`overloaded_error` from the body of an `event: error` (Bedrock's exception names too)."""
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("type"), str):
+            return _BEDROCK_ERROR_TYPES.get(error["type"], error["type"])
+    return None
+
+
+class StallDetected(Exception):
+    """Pings kept arriving, content did not (the progress limit)."""
+
+
+class IncompleteStream(Exception):
+    """The body ended cleanly before the message did (no `message_delta`, no `message_stop`)."""
+
+
+class NotJsonAnswer(Exception):
+    """A 2xx answer to a plain call was not JSON (a captive portal's page, say).
+
+    The SDK hands such a body back as a `str` where the caller expects a `Message`.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(f"HTTP 2xx with {len(text)} characters that are not JSON")
+
+
+def checked(cast_to: Any, result: Any) -> Any:
+    """`result`, unless the SDK handed back a body that is not JSON as text."""
+    if type(result) is str and cast_to is not str:
+        raise NotJsonAnswer(result)
+    return result
