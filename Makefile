@@ -1,20 +1,29 @@
 # Two commands do all the set-up: `make demo` and `make test`.
-# Both (re)build .venv when it is missing or older than pyproject.toml.
+# Both (re)build .venv when it is missing or older than pyproject.toml: `make demo` installs
+# only the package (seconds), `make test` the `dev` dependency group (PEP 735) as well.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.demo-installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: demo test lint typecheck unit sdk-suite matrix bench bench-smoke soak soak-memory soak-smoke clean
 
+# The development tools: pip >= 25.1 installs dependency groups (--group).
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --group dev -e .
 	@touch $(STAMP)
 
-demo: $(STAMP)
+# The demo needs the package alone (the fake server is part of it), so any pip will do.
+$(DEMO_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	@touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/python -m sdkguard demo
 
 test: $(STAMP) lint typecheck unit
@@ -29,9 +38,9 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest
 
-# The benchmarks' own extra (tenacity, stamina, matplotlib), on top of the dev one.
+# The benchmarks' own dependency group (tenacity, stamina, matplotlib), on top of `dev`.
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet --group bench
 	@touch $(BENCH_STAMP)
 
 # The SDK's own suite, plain and guarded: the installed (newest) release by default;

@@ -17,8 +17,8 @@ with a `BatchSpanProcessor` that exports to a null exporter (it only counts span
   switch and records nothing; `stream_plain_calls` is off here, as it is in effect in (b),
   where the SDK's span keeps a plain call unconverted: (d) - (c) is the guard alone, and
   (b) - (a) - ((d) - (c)) is what sdkguard's telemetry costs;
-- each third-party instrumentation of the dev extra alone, over the plain SDK with its own
-  tracing on, in a client process of its own, compared with (a') the same process
+- each third-party instrumentation of the dev dependency group alone, over the plain SDK with
+  its own tracing on, in a client process of its own, compared with (a') the same process
   uninstrumented: `opentelemetry-instrumentation-anthropic`,
   `openinference-instrumentation-anthropic`, `opentelemetry-instrumentation-genai-anthropic`.
   Goal: sdkguard adds less than any of them.

@@ -7,7 +7,7 @@
     .venv/bin/python tools/matrix.py --list          # the cells, without running them
 
 Each cell (one anthropic version on one Python) gets its own environment under
-`.cache/matrix/`, built with uv from the project (editable, `dev` extra), `anthropic==V`, and
+`.cache/matrix/`, built with uv from the project (editable, `dev` group), `anthropic==V`, and
 the frameworks of tests/test_frameworks.py that accept that SDK and that Python. An
 environment is reused while its inputs (Python, requirements, pyproject.toml) are unchanged.
 Then the suite runs in it with pytest-xdist. A summary is printed, and each cell's result is
@@ -71,7 +71,7 @@ FRAMEWORK_TESTS = {
     "langchain-anthropic": "::test_langchain_",
     "pydantic-ai": "::test_pydantic_ai_",
 }
-# The third-party instrumentations of tests/test_instrumentations.py (in the dev extra).
+# The third-party instrumentations of tests/test_instrumentations.py (in the dev group).
 INSTRUMENTATIONS = (
     "opentelemetry-instrumentation-anthropic",
     "openinference-instrumentation-anthropic",
@@ -181,7 +181,7 @@ def newest_version() -> str:
 def uv() -> str:
     found = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
     if found is None:
-        raise BuildError("uv is not installed (it is in the dev extra: make .venv/.installed)")
+        raise BuildError("uv is not installed (it is in the dev group: make .venv/.installed)")
     return found
 
 
@@ -251,7 +251,8 @@ def build_env(cell: Cell, executable: str, *, rebuild: bool) -> Env:
         if run_logged([uv(), "venv", "-q", "--python", executable, str(path)], logfile, env=env):
             raise BuildError(f"{cell.name}: uv venv failed (see {logfile})")
         base = [uv(), "pip", "install", "-q", "--python", str(python)]
-        pins = ["-e", f"{REPO}[dev]", f"anthropic=={cell.version}"]
+        dev = ["--group", f"{REPO / 'pyproject.toml'}:dev"]  # PEP 735 group
+        pins = ["-e", str(REPO), *dev, f"anthropic=={cell.version}"]
         if run_logged([*base, *pins], logfile, env=env):
             raise BuildError(f"{cell.name}: installing the project failed (see {logfile})")
         accepted = [
