@@ -222,8 +222,14 @@ class GuardedCall:
             return Step(error=err)
         now = time.monotonic()
         duration = now - self._attempt_started
+        if failure.timeout and self._deadline_passed(now):
+            # The transport's limit was the deadline's remainder: name the deadline, not the
+            # stall limit it stood in for.
+            failure = _deadline_failure(phase)
         if committed:
             decision = Decision(False, why_not="content had already reached the caller")
+        elif failure.reason == "deadline":
+            decision = Decision(False, why_not=f"the deadline ({self.policy.deadline:g} s) passed")
         else:
             decision = self.state.decide(failure, now=now, rand=random.random())
         wait = decision.wait if decision.retry else None
@@ -238,13 +244,18 @@ class GuardedCall:
             return Step(wait=decision.wait)
         return Step(error=self._give_up(err, failure, decision, committed, partial))
 
+    def _deadline_passed(self, now: float) -> bool:
+        remaining = self.state.remaining(now)
+        # A transport timer may fire a clock tick early.
+        return remaining is not None and remaining < _DEADLINE_TOLERANCE
+
     def _announce(self, failure: Failure, err: BaseException, wait: float, now: float) -> None:
         attempt, max_attempts = self.state.attempt, self.policy.max_attempts
         logger.warning(
-            "%s: %s; retrying in %.1f s (attempt %d of %d)",
+            "%s: %s; retrying in %s (attempt %d of %d)",
             self.name,
             failure.description,
-            wait,
+            say_seconds(wait),
             attempt,
             max_attempts,
         )
@@ -303,8 +314,8 @@ class GuardedCall:
                 attempts=state.history,
                 reason=failure.reason,
             )
-        elif failure.reason in _STALL_LIMITS:
-            limit_name = _STALL_LIMITS[failure.reason]
+        elif failure.reason in _STALL_LIMITS or failure.reason == "deadline":
+            limit_name = _STALL_LIMITS.get(failure.reason, "deadline")
             limit = getattr(self.policy, limit_name)
             error = StreamStalled(
                 f"{self.name}: {failure.description} ({limit_name}={limit:g} s)",
@@ -325,6 +336,19 @@ class GuardedCall:
                 add_note(error, line)
             add_note(error, f"sdkguard gave up: {decision.why_not}")
         return error
+
+
+_DEADLINE_TOLERANCE = 0.01
+
+
+def _deadline_failure(phase: Phase) -> Failure:
+    where = "before the response began" if phase == "response" else "during the answer"
+    return Failure("deadline", f"the call's deadline passed {where}", True, timeout=True)
+
+
+def say_seconds(seconds: float) -> str:
+    """A wait in words: `40 ms`, `2.0 s` (a short wait is not `0.0 s`)."""
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
 def _partial_or_none(partial: Callable[[], Any] | None) -> Any:

@@ -110,7 +110,7 @@ def test_a_silent_stream_freezes_the_sdk_and_sdkguard_recovers(
     assert f"0 tokens, then {http.__name__}.ReadTimeout" in column(silent.block, "plain")
     assert (silent.guarded, silent.guarded_tries) == ("ok", 2)
     assert re.search(
-        r"^ +WARNING sdkguard: messages\.create: the stream went silent; retrying in [\d.]+ s "
+        r"^ +WARNING sdkguard: messages\.create: the stream went silent; retrying in [\d.]+ m?s "
         r"\(attempt 2 of 5\)$",
         silent.block,
         re.MULTILINE,

@@ -259,8 +259,43 @@ def test_deadline_cuts_a_silent_attempt_and_gives_up(
     ):
         list(stream)
     assert time.monotonic() - started < 5.0  # the deadline cut it, not the response timeout
+    # Named for the deadline, not for the response limit it stood in for.
+    assert caught.value.reason == "deadline" and caught.value.limit == 0.25
+    assert "the call's deadline passed before the response began (deadline=0.25 s)" in str(
+        caught.value
+    )
+    assert "response_timeout" not in str(caught.value)
     assert "deadline" in caught.value.__notes__[-1]
     assert len(server.requests) == 1
+
+
+def test_deadline_cutting_a_silent_body_is_named(
+    server: FakeAnthropic, guard: None, client: anthropic.Anthropic
+) -> None:
+    server.script(faults.stall_after(1), faults.ok())  # message_start, then silence
+    with (
+        sdkguard.policy(deadline=0.3, idle_timeout=10.0),
+        pytest.raises(sdkguard.StreamStalled) as caught,
+        client.messages.create(**MESSAGE_ARGS, stream=True) as stream,
+    ):
+        list(stream)
+    assert caught.value.reason == "deadline"
+    assert "deadline passed during the answer (deadline=0.3 s)" in str(caught.value)
+    assert "idle_timeout" not in str(caught.value)
+    assert len(server.requests) == 1
+
+
+def test_a_short_wait_is_said_in_milliseconds(
+    server: FakeAnthropic,
+    guard: None,
+    client: anthropic.Anthropic,
+    records: pytest.LogCaptureFixture,
+) -> None:
+    server.script(faults.status(529), faults.ok())
+    with sdkguard.policy(backoff_initial=0.04, backoff_max=1.0, jitter=0.0):
+        client.messages.create(**MESSAGE_ARGS)
+    (warning,) = [r.getMessage() for r in records.records if r.levelno == logging.WARNING]
+    assert warning.endswith("; retrying in 40 ms (attempt 2 of 5)"), warning
 
 
 def test_a_failing_hook_is_logged_and_ignored(
