@@ -11,7 +11,8 @@ Three variants of the SAME non-streaming call on the same client, in one run:
 - `converted`: sdkguard installed with `stream_plain_calls=True` (the answer streamed under
   the hood, the same `Message` rebuilt).
 
-The figure is converted / unconverted: what the conversion itself costs. Answers: `short` (the
+The figure is converted / unconverted: what the conversion itself costs, in CPU time and in
+bytes received. Answers: `short` (the
 fake server's default, one text block in 3 deltas), `typical` (one text block of about 400
 tokens, 1,600 characters in 100 `text_delta` events, as the API streams a paragraph-long
 answer) and `long` (1,000 deltas). Each answer is checked to be the same message in every
@@ -24,6 +25,13 @@ each timed block (the collector stays on inside it). Wall-clock and CPU time of 
 process are recorded; reported are the ratios of minimums, of medians, and the median of the
 per-round ratios of CPU time, which a busy machine distorts least. Loopback answers arrive at
 once: against the real API a call takes seconds, and only the CPU time added here is left.
+
+Bytes: the response body of each variant's call as the SDK's HTTP client counted it
+(`num_bytes_downloaded`, read in a response event hook: the JSON `Message`, or the SSE stream
+the converted call reads), and the whole answer on the wire (status line, headers, chunk
+framing and body, counted on a raw socket) to the same request sent with `"stream": false`
+and `"stream": true`. Uncompressed, as the fake server sends them; its headers are a handful,
+the API's a few dozen, the same for both forms. Bytes do not depend on the machine's load.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import faulthandler
 import gc
 import itertools
 import json
+import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +50,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import anthropic
 
@@ -133,18 +143,61 @@ def timed(client: anthropic.Anthropic, calls: int) -> tuple[float, float]:
     return (time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls
 
 
+def wire_bytes(url: str, *, stream: bool) -> int:
+    """Bytes of the whole answer to one Messages request: status line, headers, framing, body."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    body = json.dumps({**MESSAGE, "stream": stream}).encode()
+    head = (
+        f"POST /v1/messages HTTP/1.1\r\nhost: {host}:{port}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"  # the server closes once the answer is written
+    )
+    total = 0
+    with socket.create_connection((host, port), timeout=60.0) as sock:
+        sock.sendall(head.encode() + body)
+        while chunk := sock.recv(1 << 16):
+            total += len(chunk)
+    return total
+
+
+class BodyBytes:
+    """A response event hook: the body bytes the client received since the last `take()`."""
+
+    def __init__(self) -> None:
+        self.responses: list[Any] = []
+        self.on = True
+
+    def __call__(self, response: Any) -> None:
+        if self.on:
+            self.responses.append(response)
+
+    def take(self) -> int:
+        total = sum(int(r.num_bytes_downloaded) for r in self.responses)
+        self.responses.clear()
+        return total
+
+
 def measure(sizes: dict[str, Any], out: Callable[[str], None]) -> dict[str, Any]:
     results: dict[str, Any] = {"anthropic": anthropic.__version__, "answers": {}}
     with server_process() as urls:
         for answer, url in urls.items():
+            body_bytes = BodyBytes()
             client = anthropic.Anthropic(
                 base_url=url,
                 api_key="sk-ant-benchmark-not-a-key",
                 timeout=60.0,
-                http_client=anthropic.DefaultHttpxClient(trust_env=False, timeout=60.0),
+                http_client=anthropic.DefaultHttpxClient(
+                    trust_env=False, timeout=60.0, event_hooks={"response": [body_bytes]}
+                ),
             )
             try:
-                results["answers"][answer] = measure_answer(client, answer, sizes, out)
+                figures = measure_answer(client, answer, sizes, out, body_bytes)
+                figures["bytes"].update(
+                    json_wire=wire_bytes(url, stream=False), sse_wire=wire_bytes(url, stream=True)
+                )
+                report_bytes(figures["bytes"], out)
+                results["answers"][answer] = figures
             finally:
                 client.close()
                 sdkguard.uninstall()
@@ -152,14 +205,23 @@ def measure(sizes: dict[str, Any], out: Callable[[str], None]) -> dict[str, Any]
 
 
 def measure_answer(
-    client: anthropic.Anthropic, answer: str, sizes: dict[str, Any], out: Callable[[str], None]
+    client: anthropic.Anthropic,
+    answer: str,
+    sizes: dict[str, Any],
+    out: Callable[[str], None],
+    body_bytes: BodyBytes,
 ) -> dict[str, Any]:
-    messages = {}
+    messages, received = {}, {}
     for name in VARIANTS:  # warm-up, and the same message in every variant
         with variant(name):
+            body_bytes.take()
             messages[name] = client.messages.create(**MESSAGE)
+            received[name] = body_bytes.take()
     if not messages[PLAIN] == messages[UNCONVERTED] == messages[CONVERTED]:
         raise RuntimeError(f"{answer}: the variants did not return the same message")
+    if received[PLAIN] != received[UNCONVERTED]:
+        raise RuntimeError(f"{answer}: the unconverted call did not receive the plain call's body")
+    body_bytes.on = False  # the timed calls keep no response
     wall: dict[str, list[float]] = {name: [] for name in VARIANTS}
     cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
     calls = sizes["calls"][answer]
@@ -170,13 +232,14 @@ def measure_answer(
             wall[name].append(w)
             cpu[name].append(c)
     deltas = ANSWERS[answer][1]
-    figures = {
+    figures: dict[str, Any] = {
         "deltas": deltas,
         "cpu_us": {name: statistics.median(cpu[name]) * 1e6 for name in VARIANTS},
         "wall_us": {name: statistics.median(wall[name]) * 1e6 for name in VARIANTS},
         "converted_vs_unconverted_cpu": compare(cpu[CONVERTED], cpu[UNCONVERTED]),
         "converted_vs_unconverted_wall": compare(wall[CONVERTED], wall[UNCONVERTED]),
         "converted_vs_plain_cpu": compare(cpu[CONVERTED], cpu[PLAIN]),
+        "bytes": {"json_body": received[UNCONVERTED], "sse_body": received[CONVERTED]},
         "samples": {"cpu": cpu, "wall": wall},
     }
     ratio = figures["converted_vs_unconverted_cpu"]
@@ -190,6 +253,16 @@ def measure_answer(
         f"wall {figures['converted_vs_unconverted_wall']['paired_median']:.2f}"
     )
     return figures
+
+
+def report_bytes(figures: dict[str, int], out: Callable[[str], None]) -> None:
+    json_body, sse_body = figures["json_body"], figures["sse_body"]
+    json_wire, sse_wire = figures["json_wire"], figures["sse_wire"]
+    out(
+        f"{'':8}   bytes received: body {json_body:,} as JSON, {sse_body:,} as SSE "
+        f"(x{sse_body / json_body:.1f}); on the wire {json_wire:,} and {sse_wire:,} "
+        f"(x{sse_wire / json_wire:.1f})"
+    )
 
 
 def compare(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
