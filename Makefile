@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test lint typecheck unit sdk-suite matrix bench bench-smoke soak soak-memory soak-smoke clean
+.PHONY: demo test dist-check lint typecheck unit sdk-suite matrix bench bench-smoke soak soak-memory soak-smoke clean
 
 # The development tools: pip >= 25.1 installs dependency groups (--group).
 $(STAMP): pyproject.toml
@@ -37,6 +37,12 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Maintainers, before a release: build the sdist and wheel, `twine check --strict` them, install
+# the wheel into a fresh venv (.cache/dist-check) and run the quick start, the console script and
+# the pytest fixture from outside the source tree.
+dist-check: $(STAMP)
+	$(BIN)/python tools/check_dist.py
 
 # The benchmarks' own dependency group (tenacity, stamina, matplotlib), on top of `dev`.
 $(BENCH_STAMP): $(STAMP)
