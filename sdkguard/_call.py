@@ -17,7 +17,7 @@ from typing import Any
 import anthropic
 import anyio
 
-from sdkguard import _sdk, _telemetry
+from sdkguard import _plain_hosts, _sdk, _telemetry
 from sdkguard._decide import (
     BUDGET,
     CallState,
@@ -83,9 +83,12 @@ class GuardedCall:
         "state",
         "stream",
         "telemetry",
+        "unconverted",
     )
 
-    def __init__(self, sdk_call: _sdk.SdkCall, policy: Policy) -> None:
+    def __init__(
+        self, sdk_call: _sdk.SdkCall, policy: Policy, *, unconverted: _sdk.SdkCall | None = None
+    ) -> None:
         if sdk_call.explicit_max_retries is not None:
             policy = with_max_attempts(policy, sdk_call.explicit_max_retries + 1)
         self.sdk: _sdk.SdkCall | None = sdk_call
@@ -96,6 +99,9 @@ class GuardedCall:
         self._idempotency_key = sdk_call.idempotency_key
         self._first_attempt_options: Any = None
         self._base_timeout = sdk_call.base_timeout
+        self.unconverted = unconverted
+        """For a plain call sent as a stream: the call as the caller made it, which the next
+        attempt sends instead when a stream got no headers in time (`_fall_back`)."""
         now = time.monotonic()
         self.state = CallState(policy, started_at=now)
         self._attempt_started = now
@@ -240,9 +246,32 @@ class GuardedCall:
             if wait is None:
                 self.telemetry.finished(_partial_or_none(partial), error_type=failure.reason)
         if decision.retry:
+            if failure.reason == "stall_response" and self.unconverted is not None:
+                self._fall_back()
             self._announce(failure, err, decision.wait, now)
             return Step(wait=decision.wait)
         return Step(error=self._give_up(err, failure, decision, committed, partial))
+
+    def _fall_back(self) -> None:
+        """A plain call's stream got no headers in time: send the call as the caller made it.
+
+        A proxy that buffers whole answers (nginx's `proxy_buffering`, corporate proxies)
+        holds a stream's headers until the whole answer is done, so the response limit cuts
+        every attempt, each a new generation. Unconverted, the call gets the SDK's own read
+        timeout (and TCP keepalive); the host is remembered, so later calls go out unconverted.
+        """
+        assert self.unconverted is not None
+        self.sdk, self.unconverted, self.stream = self.unconverted, None, False
+        origin = str(self.sdk.base_url())
+        if _plain_hosts.remember_buffering(origin, time.monotonic()):
+            logger.warning(
+                "%s: no response headers in time for a stream sent in place of a non-streaming "
+                "call (a proxy that buffers whole answers?); non-streaming calls to %s are sent "
+                "as they are for the next %d minutes",
+                self.name,
+                origin,
+                _plain_hosts.REMEMBERED_FOR // 60,
+            )
 
     def _deadline_passed(self, now: float) -> bool:
         remaining = self.state.remaining(now)

@@ -6,12 +6,13 @@ is read from the SDK once, here at the entry (`_sdk.read_call`); the attempt loo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import anthropic
 
-from sdkguard import _sdk
+from sdkguard import _plain_hosts, _sdk
 from sdkguard._call import GuardedCall, open_async, open_sync
 from sdkguard._plain import PlainCall
 from sdkguard._policy import Policy
@@ -48,8 +49,8 @@ def request_sync(
 ) -> Any:
     """The guarded `SyncAPIClient._request` (`request` before the SDK had tracing)."""
     sdk_call = _enter(client, policy, args, kwargs, asynchronous=False)
-    if sdk_call.plain_stream_cls is not None:
-        return _plain_sync(wrapped, PlainCall(sdk_call.as_stream()), policy)
+    if _converted(sdk_call):
+        return _plain_sync(wrapped, sdk_call, policy)
     call = GuardedCall(sdk_call, policy)
     send = sdk_call.sender(wrapped)
     result = open_sync(call, send)
@@ -59,12 +60,23 @@ def request_sync(
     return result
 
 
-def _plain_sync(wrapped: Callable[..., Any], plain: PlainCall, policy: Policy) -> Any:
+def _converted(sdk_call: _sdk.SdkCall) -> bool:
+    """Whether to send this non-streaming call as a stream."""
+    return sdk_call.plain_stream_cls is not None and not _plain_hosts.buffers_streams(
+        sdk_call.base_url(), time.monotonic()
+    )
+
+
+def _plain_sync(wrapped: Callable[..., Any], sdk_call: _sdk.SdkCall, policy: Policy) -> Any:
     """A non-streaming call sent as a stream; the caller gets the same message."""
-    call = GuardedCall(plain.sdk_call, policy)
+    plain = PlainCall(sdk_call.as_stream())
+    call = GuardedCall(plain.sdk_call, policy, unconverted=sdk_call)
     send_stream = plain.sdk_call.sender(wrapped)
+    send_unconverted = sdk_call.sender(wrapped)
 
     def send(attempt_options: Any) -> Any:
+        if not call.stream:  # the call fell back to being sent as it was made
+            return send_unconverted(attempt_options)
         stream = send_stream(attempt_options)
         parsing = plain.json_answer(stream, call.body_read_timeout(), call.state.attempt - 1)
         if parsing is not None:
@@ -72,6 +84,9 @@ def _plain_sync(wrapped: Callable[..., Any], plain: PlainCall, policy: Policy) -
         return stream
 
     stream = open_sync(call, send)
+    if not call.stream:
+        call.succeeded(stream)
+        return stream
     try:
         delivery = drain_sync(call, stream, send)
     except anthropic.APIStatusError as err:
@@ -87,8 +102,8 @@ async def request_async(
 ) -> Any:
     """The guarded `AsyncAPIClient._request` (`request` before the SDK had tracing)."""
     sdk_call = _enter(client, policy, args, kwargs, asynchronous=True)
-    if sdk_call.plain_stream_cls is not None:
-        return await _plain_async(wrapped, PlainCall(sdk_call.as_stream()), policy)
+    if _converted(sdk_call):
+        return await _plain_async(wrapped, sdk_call, policy)
     call = GuardedCall(sdk_call, policy)
     send = sdk_call.sender(wrapped)
     result = await open_async(call, send)
@@ -98,12 +113,16 @@ async def request_async(
     return result
 
 
-async def _plain_async(wrapped: Callable[..., Any], plain: PlainCall, policy: Policy) -> Any:
+async def _plain_async(wrapped: Callable[..., Any], sdk_call: _sdk.SdkCall, policy: Policy) -> Any:
     """`_plain_sync` for the async client."""
-    call = GuardedCall(plain.sdk_call, policy)
+    plain = PlainCall(sdk_call.as_stream())
+    call = GuardedCall(plain.sdk_call, policy, unconverted=sdk_call)
     send_stream = plain.sdk_call.sender(wrapped)
+    send_unconverted = sdk_call.sender(wrapped)
 
     async def send(attempt_options: Any) -> Any:
+        if not call.stream:  # the call fell back to being sent as it was made
+            return await send_unconverted(attempt_options)
         stream = await send_stream(attempt_options)
         parsing = plain.json_answer(stream, call.body_read_timeout(), call.state.attempt - 1)
         if parsing is not None:
@@ -111,6 +130,9 @@ async def _plain_async(wrapped: Callable[..., Any], plain: PlainCall, policy: Po
         return stream
 
     stream = await open_async(call, send)
+    if not call.stream:
+        call.succeeded(stream)
+        return stream
     try:
         delivery = await drain_async(call, stream, send)
     except anthropic.APIStatusError as err:

@@ -390,3 +390,26 @@ def test_a_converted_call_is_logged_as_the_callers_create(
     with CONVERTED:
         call("sync", server, beta=True)
     assert [r.getMessage().split(":")[0] for r in records.records] == ["beta.messages.create"]
+
+
+# -- behind a proxy that buffers whole answers ------------------------------------------------
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_behind_a_buffering_proxy_plain_calls_go_out_as_they_are(
+    flavour: str, server: FakeAnthropic, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The proxy holds a stream's headers until the whole answer is done (1 s here, past the
+    # 0.3 s response limit): the converted attempt is cut, the next goes out unconverted and
+    # gets the client's own read timeout. The host is remembered: the next call is sent as it
+    # is at once. Said once.
+    caplog.set_level("WARNING", logger="sdkguard")
+    slow_client = {"timeout": anthropic.Timeout(10.0, connect=0.5)}
+    server.script(*[faults.buffered(1.0)] * 3)
+    with CONVERTED:
+        first = call(flavour, server, client_args=slow_client)
+        second = call(flavour, server, client_args=slow_client)
+    assert first.content[0].text == second.content[0].text != ""
+    assert [r.stream for r in server.requests] == [True, False, False]
+    said = [r.getMessage() for r in caplog.records if "buffers whole answers" in r.getMessage()]
+    assert len(said) == 1 and server.url in said[0], said
