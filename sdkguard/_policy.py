@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 if TYPE_CHECKING:
     from sdkguard._events import RetryEvent
 
+    Token = contextvars.Token[tuple["policy", ...]]
+
 __all__ = ["DEFAULT_RETRY_STATUSES", "Policy", "policy"]
 
 ENV_PREFIX = "SDKGUARD_"
@@ -329,6 +331,9 @@ class policy:  # lower case: used like a function, `with sdkguard.policy(...)`
 
         @sdkguard.policy(idle_timeout=30.0)
         def summarize(...): ...
+
+    A decorated generator or async generator function (a streaming endpoint's) has the
+    override during each of its steps, and its consumer does not between them.
     """
 
     def __init__(self, **changes: Any) -> None:
@@ -344,6 +349,10 @@ class policy:  # lower case: used like a function, `with sdkguard.policy(...)`
         _scoped.reset(self._tokens.pop())
 
     def __call__(self, func: _F) -> _F:
+        if inspect.isgeneratorfunction(func):
+            return cast(_F, self._wrap_generator(func))
+        if inspect.isasyncgenfunction(func):
+            return cast(_F, self._wrap_async_generator(func))
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
@@ -367,3 +376,78 @@ class policy:  # lower case: used like a function, `with sdkguard.policy(...)`
             yield
         finally:
             _scoped.reset(token)
+
+    # A generator function's body runs step by step, after the call that made the generator
+    # returned: the scope is entered around each step (`next`, `send`, `throw`, `close` and
+    # their async twins) and left after it, so that it never leaks into the consumer's code
+    # between steps. Scopes the generator itself opened and left open at a `yield` are
+    # carried to its next step.
+
+    def _resume(self, inner: tuple[policy, ...]) -> tuple[Token, tuple[policy, ...]]:
+        """Enter the scope for one step: the caller's scopes, this one, the generator's own."""
+        mine = (*_scoped.get(), self)
+        return _scoped.set((*mine, *inner)), mine
+
+    def _suspend(self, token: Token, mine: tuple[policy, ...]) -> tuple[policy, ...]:
+        """Leave it after the step: the scopes the generator left open above this one."""
+        now = _scoped.get()
+        _scoped.reset(token)
+        return now[len(mine) :] if now[: len(mine)] == mine else ()
+
+    def _wrap_generator(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def generator(*args: Any, **kwargs: Any) -> Any:
+            steps = func(*args, **kwargs)
+            step, value = steps.send, None
+            inner: tuple[policy, ...] = ()
+            while True:
+                token, mine = self._resume(inner)
+                try:
+                    item = step(value)
+                except StopIteration as stop:
+                    return stop.value
+                finally:
+                    inner = self._suspend(token, mine)
+                try:
+                    value = yield item
+                    step = steps.send
+                except GeneratorExit:
+                    token, mine = self._resume(inner)
+                    try:
+                        steps.close()
+                    finally:
+                        self._suspend(token, mine)
+                    raise
+                except BaseException as error:
+                    step, value = steps.throw, error
+
+        return generator
+
+    def _wrap_async_generator(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        async def generator(*args: Any, **kwargs: Any) -> Any:
+            steps = func(*args, **kwargs)
+            step, value = steps.asend, None
+            inner: tuple[policy, ...] = ()
+            while True:
+                token, mine = self._resume(inner)
+                try:
+                    item = await step(value)
+                except StopAsyncIteration:
+                    return
+                finally:
+                    inner = self._suspend(token, mine)
+                try:
+                    value = yield item
+                    step = steps.asend
+                except GeneratorExit:
+                    token, mine = self._resume(inner)
+                    try:
+                        await steps.aclose()
+                    finally:
+                        self._suspend(token, mine)
+                    raise
+                except BaseException as error:
+                    step, value = steps.athrow, error
+
+        return generator
