@@ -308,9 +308,31 @@ def _timed_out(reason: str, description: str) -> Failure:
     return Failure(reason, description, retryable=True, timeout=True)
 
 
+# A connection lost before the answer (a reset, or a close, while the request is sent or
+# before the response began) is named alike whatever each client saw of it: a sync client
+# whose write failed sees only an end of file (httpcore swallows the write error and reads
+# on: "Server disconnected without sending a response"), an async one the reset or a broken
+# pipe, and neither can tell a reset from a close then.
+_LOST_BEFORE_ANSWER = Failure(
+    "connection_reset", "connection reset or closed before the answer arrived", True
+)
+_CLOSED_MID_ANSWER = Failure(
+    "connection_closed", "the server closed the connection mid-answer", True
+)
+# What asyncio raises for a pooled connection whose event loop was closed (a client reused
+# across `asyncio.run()` calls); the retry gets a fresh connection, as the SDK's own does.
+_CLOSED_LOOP = Failure(
+    "connection_closed", "the pooled connection belonged to a closed event loop", True
+)
+
+
 def _os_failure(err: OSError, phase: Phase) -> Failure | None:
     if isinstance(err, ConnectionRefusedError):
         return Failure("connect_refused", "connection refused (ECONNREFUSED)", True)
+    if phase == "response" and isinstance(
+        err, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
+    ):
+        return _LOST_BEFORE_ANSWER
     if isinstance(err, (ConnectionResetError, ConnectionAbortedError)):
         return Failure("connection_reset", "connection reset by peer (ECONNRESET)", True)
     if isinstance(err, BrokenPipeError):
@@ -390,12 +412,20 @@ def classify_exception(err: BaseException, *, phase: Phase, stream: bool) -> Fai
                 return failure
     for item in chain:
         if _is_http_library_error(item, "RemoteProtocolError"):
-            return Failure("connection_closed", "the server closed the connection mid-answer", True)
+            # h11's words for an end of file before any byte of a response.
+            if "without sending a response" in str(item):
+                return _LOST_BEFORE_ANSWER
+            return _CLOSED_MID_ANSWER
         if any(
             _is_http_library_error(item, name)
             for name in ("ReadError", "WriteError", "ConnectError", "NetworkError")
         ):
             return Failure("connection_error", f"connection error ({item})", True)
+    for item in chain:
+        # Matched by its words: a closed client, or any other RuntimeError, is no failure
+        # of the connection, and no retry mends it.
+        if type(item) is RuntimeError and item.args == ("Event loop is closed",):
+            return _CLOSED_LOOP
     for item in chain:
         if isinstance(item, APITimeoutError):
             return Failure("timeout", "request timed out", True, None, True)

@@ -22,6 +22,7 @@ from sdkguard import Policy
 from sdkguard._decide import (
     CallState,
     Failure,
+    Phase,
     RetryBudget,
     classify_exception,
     classify_sse_error,
@@ -345,3 +346,101 @@ def test_read_timeout_depends_on_phase_and_kind() -> None:
 @pytest.mark.parametrize("err", [ValueError("user bug"), KeyError("k"), RuntimeError("x")])
 def test_errors_that_are_not_the_networks_are_left_alone(err: Exception) -> None:
     assert classify_exception(err, phase="response", stream=True) is None
+
+
+def _sent(cause: BaseException) -> Exception:
+    """What the SDK raises when sending raised `cause`: `APIConnectionError` from it."""
+    import anthropic
+
+    try:
+        try:
+            raise cause
+        except BaseException as err:
+            raise anthropic.APIConnectionError(request=http.Request("POST", "http://x")) from err
+    except Exception as final:
+        return final
+
+
+LOST_BEFORE_ANSWER = ("connection_reset", "connection reset or closed before the answer arrived")
+
+
+@pytest.mark.parametrize(
+    ("err", "phase", "expected"),
+    [
+        # Before the response: one name for every way of losing the connection, as a sync
+        # client (an end of file after its write failed) and an async one (the reset) see it.
+        (
+            _wrapped(ConnectionResetError(errno.ECONNRESET, "r"), http.ReadError),
+            "response",
+            LOST_BEFORE_ANSWER,
+        ),
+        (
+            _wrapped(BrokenPipeError(errno.EPIPE, "p"), http.ReadError),
+            "response",
+            LOST_BEFORE_ANSWER,
+        ),
+        (
+            _wrapped(
+                ValueError(),
+                lambda m: http.RemoteProtocolError(
+                    "Server disconnected without sending a response."
+                ),
+            ),
+            "response",
+            LOST_BEFORE_ANSWER,
+        ),
+        # Once the answer began: what the kernel said, or mid-answer.
+        (
+            _wrapped(ConnectionResetError(errno.ECONNRESET, "r"), http.ReadError),
+            "body",
+            ("connection_reset", "connection reset by peer (ECONNRESET)"),
+        ),
+        (
+            _wrapped(
+                ValueError(),
+                lambda m: http.RemoteProtocolError(
+                    "peer closed connection without sending complete message body: "
+                    "incomplete chunked read"
+                ),
+            ),
+            "body",
+            ("connection_closed", "the server closed the connection mid-answer"),
+        ),
+        # A non-streaming answer cut short is read before `send` returns: mid-answer too.
+        (
+            _wrapped(
+                ValueError(),
+                lambda m: http.RemoteProtocolError(
+                    "peer closed connection without sending complete message body: "
+                    "received 10 bytes, expected 20"
+                ),
+            ),
+            "response",
+            ("connection_closed", "the server closed the connection mid-answer"),
+        ),
+        # A client reused across `asyncio.run()`: its pooled connection died with the loop.
+        (
+            _sent(RuntimeError("Event loop is closed")),
+            "response",
+            ("connection_closed", "the pooled connection belonged to a closed event loop"),
+        ),
+    ],
+)
+def test_connection_losses_by_phase(
+    err: Exception, phase: Phase, expected: tuple[str, str]
+) -> None:
+    failure = classify_exception(err, phase=phase, stream=True)
+    assert failure is not None and failure.retryable
+    assert (failure.reason, failure.description) == expected
+
+
+@pytest.mark.parametrize(
+    "cause",
+    [
+        RuntimeError("Cannot send a request, as the client has been closed."),
+        RuntimeError("Event loop is closed, said the user's hook"),
+        RuntimeError(),
+    ],
+)
+def test_other_runtime_errors_from_sending_are_not_retried(cause: RuntimeError) -> None:
+    assert classify_exception(_sent(cause), phase="response", stream=True) is None

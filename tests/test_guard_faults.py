@@ -209,7 +209,10 @@ def test_giving_up_raises_the_sdk_error_with_the_history(
     warnings = [r for r in records.records if r.levelno == logging.WARNING]
     errors = [r for r in records.records if r.levelno == logging.ERROR]
     assert len(warnings) == 4 and len(errors) == 1
-    assert "connection reset by peer (ECONNRESET); retrying in" in warnings[0].getMessage()
+    assert (
+        "connection reset or closed before the answer arrived; retrying in"
+        in warnings[0].getMessage()
+    )
     assert "(attempt 2 of 5)" in warnings[0].getMessage()
 
 
