@@ -170,6 +170,8 @@ class CallState:
         if not failure.retryable:
             return Decision(False, why_not="not retryable")
         if self.attempt >= policy.max_attempts:
+            if policy.max_attempts == 1:
+                return Decision(False, why_not="max_attempts is 1")
             return Decision(False, why_not=f"all {policy.max_attempts} attempts failed")
         if failure.retry_after is not None and failure.retry_after > policy.max_retry_after:
             return Decision(

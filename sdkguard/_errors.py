@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anthropic
+
+if TYPE_CHECKING:  # named for type checkers only: importing sdkguard stays cheap
+    from anthropic.types import Message
+    from anthropic.types.beta import BetaMessage
+
+    from sdkguard._decide import AttemptRecord
 
 __all__ = ["StreamInterrupted", "StreamStalled"]
 
@@ -33,13 +39,14 @@ class StreamInterrupted(anthropic.APIConnectionError):
         message: str,
         *,
         request: Any,
-        partial_message: Any,
-        attempts: tuple[Any, ...],
+        partial_message: Message | BetaMessage | None,
+        attempts: tuple[AttemptRecord, ...],
         reason: str,
     ) -> None:
         super().__init__(message=message, request=request)
         self.partial_message = partial_message
-        """The message as far as it was delivered (an SDK `Message` / `BetaMessage`)."""
+        """The message as far as it was delivered: a `Message` (a `BetaMessage` for
+        `client.beta.messages`); None when the stream broke before its `message_start`."""
         self.attempts = attempts
         """One `AttemptRecord` per attempt of the call."""
         self.reason = reason

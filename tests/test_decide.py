@@ -115,7 +115,7 @@ class Calls(RuleBasedStateMachine):
         if not failure.retryable:
             why_not: str | None = "not retryable"
         elif state.attempt >= policy.max_attempts:
-            why_not = "attempts failed"
+            why_not = "attempts failed" if policy.max_attempts > 1 else "max_attempts is 1"
         elif failure.retry_after is not None and failure.retry_after > policy.max_retry_after:
             why_not = "max_retry_after"
         elif policy.deadline is not None and self.now + wait >= state.started_at + policy.deadline:
