@@ -20,8 +20,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sdkguard._sdk import http  # httpx2 from anthropic 1.0, httpx before
+from sdkguard._wire import ERROR_STATUSES, ERROR_TYPES
 from sdkguard.testing import FakeAnthropic, RecordedRequest, SentResponse, faults
 from sdkguard.testing.__main__ import _FAULTS, parse_fault
+from sdkguard.testing._answers import HANDLERS
 from sdkguard.testing._sse import plan
 from tests.helpers import (
     SDK_HANDS_ON_UNKNOWN_EVENTS,
@@ -1219,3 +1221,22 @@ def test_vanish_faults_parse_from_the_command_line() -> None:
         pytest.skip(f"a vanishing peer needs Linux socket filters (this is {sys.platform})")
     assert parse_fault("vanish_after:2") == faults.vanish_after(2)
     assert parse_fault("vanish_before_headers") == faults.vanish_before_headers()
+
+
+def test_every_answer_kind_has_its_handler() -> None:
+    kinds = {
+        kind
+        for kind in vars(faults).values()
+        if isinstance(kind, type) and issubclass(kind, faults.Answer) and kind is not faults.Answer
+    }
+    assert set(HANDLERS) == kinds - {faults.Fragmented}  # which wraps any of them
+
+
+def test_the_kit_s_error_types_are_the_wire_s() -> None:
+    for error_type, status in ERROR_STATUSES.items():
+        assert faults.status_for_error_type(error_type) == status
+        assert faults.default_error_type(status) == error_type
+        assert faults.default_error_message(error_type) == ERROR_TYPES[error_type].message
+    # what the guard can import before anthropic is: pure data
+    code = "import sys, sdkguard._wire; assert 'anthropic' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)

@@ -20,6 +20,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from sdkguard._wire import BEDROCK_EXCEPTIONS
 from sdkguard.testing import _sse
 
 ANTHROPIC, BEDROCK, VERTEX = "anthropic", "bedrock", "vertex"
@@ -31,14 +32,10 @@ _VERTEX = re.compile(
     r"(?:/v1)?/projects/[^/]+/locations/[^/]+/publishers/anthropic/models/"
     r"(?P<model>[^/]+):(?P<action>rawPredict|streamRawPredict)"
 )
-# The API's error types as Bedrock names the exception it sends mid-stream.
-_BEDROCK_EXCEPTIONS = {
-    "overloaded_error": "serviceUnavailableException",
-    "rate_limit_error": "throttlingException",
-    "api_error": "internalServerException",
-    "timeout_error": "modelTimeoutException",
-    "invalid_request_error": "validationException",
-}
+# The exception Bedrock sends mid-stream for each API error type: the first of its names.
+_BEDROCK_EXCEPTIONS: dict[str, str] = {}
+for _exception, _error_type in BEDROCK_EXCEPTIONS.items():
+    _BEDROCK_EXCEPTIONS.setdefault(_error_type, _exception)
 
 
 @dataclass(frozen=True)

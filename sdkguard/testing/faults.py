@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from sdkguard import _wire
+
 __all__ = [
     "DEFAULT_TEXT",
     "VANISH_SUPPORTED",
@@ -90,65 +92,21 @@ VANISH_SUPPORTED = sys.platform.startswith("linux")
 
 _tool_ids = itertools.count(1)
 
-# The API's error type for each HTTP status it uses.
-_ERROR_TYPES: dict[int, str] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    409: "conflict_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
-
-_STATUS_FOR_TYPE: dict[str, int] = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "conflict_error": 409,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
-
-_DEFAULT_MESSAGES: dict[str, str] = {
-    "invalid_request_error": "Invalid request.",
-    "authentication_error": "invalid x-api-key",
-    "billing_error": "Your credit balance is too low.",
-    "permission_error": "Your API key does not have permission to use the specified resource.",
-    "not_found_error": "The requested resource could not be found.",
-    "conflict_error": "Conflict.",
-    "request_too_large": "Request exceeds the maximum allowed number of bytes.",
-    "rate_limit_error": "Number of requests has exceeded your rate limit.",
-    "api_error": "Internal server error",
-    "timeout_error": "Request timed out.",
-    "overloaded_error": "Overloaded",
-}
-
 
 def default_error_type(code: int) -> str:
     """The API's error type for an HTTP status (unlisted: `invalid_request_error`, `api_error`)."""
-    if code in _ERROR_TYPES:
-        return _ERROR_TYPES[code]
-    return "invalid_request_error" if 400 <= code < 500 else "api_error"
+    return _wire.error_type_for_status(code)
 
 
 def status_for_error_type(error_type: str) -> int:
     """The HTTP status the API uses for an error type (500 if unknown)."""
-    return _STATUS_FOR_TYPE.get(error_type, 500)
+    return _wire.ERROR_STATUSES.get(error_type, 500)
 
 
 def default_error_message(error_type: str) -> str:
     """A message like the API's for an error type."""
-    return _DEFAULT_MESSAGES.get(error_type, "Error")
+    known = _wire.ERROR_TYPES.get(error_type)
+    return known.message if known is not None else "Error"
 
 
 # --- content blocks -------------------------------------------------------------------------
