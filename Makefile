@@ -35,8 +35,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict sdkguard startup/_sdkguard_startup.py
 
+# The suite in parallel (pytest-xdist): a worker per core, each a process of its own, so the
+# tests that set process-wide state (retry budget, environment, OpenTelemetry) stay apart.
 unit: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist worksteal
 
 # Maintainers, before a release: build the sdist and wheel, `twine check --strict` them, install
 # the wheel into a fresh venv (.cache/dist-check) and run the quick start, the console script and
