@@ -2,18 +2,21 @@
 
     python -m sdkguard.testing serve --port 8080 --fault reset_after:3 --fault ok
 
-Prints the base URL on stdout, then serves until Ctrl-C or SIGTERM.
+Prints the base URL on stdout, then serves until Ctrl-C or SIGTERM. A bad argument (a port
+that is taken or impossible, a fault that does not parse) is one line on stderr, naming the
+argument and its accepted form, and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any
+from typing import Any, NamedTuple, NoReturn
 
 from sdkguard.testing import faults
 from sdkguard.testing._server import FakeAnthropic
@@ -25,49 +28,112 @@ def _seconds(value: str) -> float | None:
     return None if value.lower() in ("", "forever", "none", "inf") else float(value)
 
 
-def _str(value: str) -> str:
-    return value
+class _Kind(NamedTuple):
+    convert: Callable[[str], Any]
+    what: str
+    """What a value must be, for an error message."""
 
 
-# name -> (constructor, converters of its positional arguments, required count)
-_FAULTS: dict[str, tuple[Callable[..., Answer], tuple[Callable[[str], Any], ...], int]] = {
-    "ok": (faults.ok, (), 0),
-    "reset_before_headers": (faults.reset_before_headers, (), 0),
-    "reset_after": (faults.reset_after, (int,), 1),
-    "stall_before_headers": (faults.stall_before_headers, (_seconds,), 0),
-    "stall_after": (faults.stall_after, (int, _seconds), 1),
-    "pings_only_after": (faults.pings_only_after, (int, float, _seconds), 2),
-    "trickle": (faults.trickle, (float,), 1),
-    "status": (faults.status, (int,), 1),
-    "sse_error_after": (faults.sse_error_after, (int, _str, _str), 1),
-    "truncate_after": (faults.truncate_after, (int,), 1),
-    "close_after": (faults.close_after, (int,), 1),
-    "malformed_after": (faults.malformed_after, (int,), 1),
-    "vanish_before_headers": (faults.vanish_before_headers, (), 0),
-    "vanish_after": (faults.vanish_after, (int,), 1),
-    "unknown_event_after": (faults.unknown_event_after, (int, _str), 1),
-    "huge_line": (faults.huge_line, (int,), 0),
-    "invalid_utf8_after": (faults.invalid_utf8_after, (int,), 1),
-    "proxy_error": (faults.proxy_error, (int,), 0),
-    "wrong_content_type": (faults.wrong_content_type, (_str,), 0),
-    "reset_at_byte": (faults.reset_at_byte, (int,), 1),
+_INT = _Kind(int, "an integer")
+_NUMBER = _Kind(float, "a number")
+_SECONDS = _Kind(_seconds, "a number of seconds or 'forever'")
+_TEXT = _Kind(str, "text")
+
+# What each positional argument of a fault is, by its name in the fault's signature.
+_ARGUMENTS: dict[str, _Kind] = {
+    "n": _INT,
+    "offset": _INT,
+    "size": _INT,
+    "code": _INT,
+    "interval": _NUMBER,
+    "bytes_per_second": _NUMBER,
+    "seconds": _SECONDS,
+    "error_type": _TEXT,
+    "message": _TEXT,
+    "event": _TEXT,
+    "content_type": _TEXT,
+}
+
+
+class _Fault(NamedTuple):
+    make: Callable[..., Answer]
+    arguments: tuple[str, ...]
+    required: int
+
+    @property
+    def name(self) -> str:
+        return self.make.__name__  # a fault's function is named as the fault
+
+    @property
+    def form(self) -> str:
+        """How it is written, e.g. `stall_after:n[,seconds]`."""
+        form, separator = self.name, ":"
+        for i, argument in enumerate(self.arguments):
+            form += f"{separator}{argument}" if i < self.required else f"[{separator}{argument}"
+            separator = ","
+        return form + "]" * (len(self.arguments) - self.required)
+
+
+def _fault(make: Callable[..., Answer], *arguments: str, required: int | None = None) -> _Fault:
+    return _Fault(make, arguments, len(arguments) if required is None else required)
+
+
+_FAULTS: dict[str, _Fault] = {
+    f.name: f
+    for f in (
+        _fault(faults.ok),
+        _fault(faults.reset_before_headers),
+        _fault(faults.reset_after, "n"),
+        _fault(faults.stall_before_headers, "seconds", required=0),
+        _fault(faults.stall_after, "n", "seconds", required=1),
+        _fault(faults.pings_only_after, "n", "interval", "seconds", required=2),
+        _fault(faults.trickle, "bytes_per_second"),
+        _fault(faults.status, "code"),
+        _fault(faults.sse_error_after, "n", "error_type", "message", required=1),
+        _fault(faults.truncate_after, "n"),
+        _fault(faults.close_after, "n"),
+        _fault(faults.malformed_after, "n"),
+        _fault(faults.vanish_before_headers),
+        _fault(faults.vanish_after, "n"),
+        _fault(faults.unknown_event_after, "n", "event", required=1),
+        _fault(faults.huge_line, "size", required=0),
+        _fault(faults.invalid_utf8_after, "n"),
+        _fault(faults.proxy_error, "code", required=0),
+        _fault(faults.wrong_content_type, "content_type", required=0),
+        _fault(faults.reset_at_byte, "offset"),
+    )
 }
 
 
 def parse_fault(spec: str) -> Answer:
-    """An answer from `NAME[:ARG,ARG...]`, e.g. `reset_after:3`, `stall_after:2,5`, `status:529`."""
+    """An answer from `NAME[:ARG,ARG...]`, e.g. `reset_after:3`, `stall_after:2,5`, `status:529`.
+
+    Raises `ValueError` saying what is wrong and the form the fault takes.
+    """
     name, _, rest = spec.partition(":")
     name = name.strip().replace("-", "_")
     if name not in _FAULTS:
-        raise ValueError(f"unknown fault {name!r}; known: {', '.join(sorted(_FAULTS))}")
-    make, converters, required = _FAULTS[name]
-    args = [a.strip() for a in rest.split(",")] if rest else []
-    if not required <= len(args) <= len(converters):
-        expected = (
-            str(required) if required == len(converters) else f"{required} to {len(converters)}"
+        raise ValueError(
+            f"unknown fault {name!r}; the form is NAME[:ARG,...], NAME one of "
+            + ", ".join(sorted(_FAULTS))
         )
-        raise ValueError(f"{name} takes {expected} argument(s), got {len(args)}: {spec!r}")
-    return make(*(convert(arg) for convert, arg in zip(converters[: len(args)], args, strict=True)))
+    fault = _FAULTS[name]
+    values = [a.strip() for a in rest.split(",")] if rest else []
+    if not fault.required <= len(values) <= len(fault.arguments):
+        raise ValueError(f"{spec!r} has {len(values)} argument(s); the form is {fault.form}")
+    arguments = []
+    for argument, value in zip(fault.arguments, values, strict=False):
+        kind = _ARGUMENTS[argument]
+        try:
+            arguments.append(kind.convert(value))
+        except ValueError:
+            raise ValueError(
+                f"{spec!r}: {argument} must be {kind.what}, got {value!r}; the form is {fault.form}"
+            ) from None
+    try:
+        return fault.make(*arguments)
+    except (ValueError, NotImplementedError) as e:
+        raise ValueError(f"{spec!r}: {e}; the form is {fault.form}") from None
 
 
 def _fault_arg(spec: str) -> Answer:
@@ -77,24 +143,47 @@ def _fault_arg(spec: str) -> Answer:
         raise argparse.ArgumentTypeError(str(e)) from e
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+_PORT_FORM = "an integer from 0 to 65535 (0 picks a free one)"
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port; give {_PORT_FORM}")
+    return port
+
+
+class _Parser(argparse.ArgumentParser):
+    """Says what is wrong in one line, without the usage (`--help` has it); exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The command line's parser, and its `serve` command's."""
+    parser = _Parser(
         prog="python -m sdkguard.testing",
         description="A fake Anthropic Messages API server that injects network faults.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     serve = commands.add_parser(
         "serve",
         help="run the server until Ctrl-C or SIGTERM",
         description=(
             "Serve the fake Anthropic Messages API. Each Messages request takes the next "
             "--fault in order; then every request gets --default. Faults: "
-            + ", ".join(sorted(_FAULTS))
+            + ", ".join(f.form for f in _FAULTS.values())
             + "."
         ),
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    serve.add_argument("--port", type=int, default=0, help="port; 0 (default) picks a free one")
+    serve.add_argument(
+        "--port", type=_port, default=0, help="port, from 0 to 65535; 0 (default) picks a free one"
+    )
     serve.add_argument(
         "--fault",
         action="append",
@@ -110,12 +199,29 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME[:ARG,...]",
         help="the answer once the --fault list is used up (ok)",
     )
-    return parser
+    return parser, serve
+
+
+def _start(server: FakeAnthropic, serve: argparse.ArgumentParser) -> None:
+    """Start the server, or exit with status 2 naming the argument it cannot listen with."""
+    try:
+        server.start()
+    except OSError as e:
+        if e.errno in (errno.EADDRINUSE, errno.EACCES):
+            serve.error(
+                f"argument --port: cannot listen on port {server.port} of {server.host} "
+                f"({e.strerror or e}); give a free port, {_PORT_FORM}"
+            )
+        serve.error(
+            f"argument --host: cannot listen on {server.host!r} ({e.strerror or e}); "
+            "give an address of this machine, e.g. 127.0.0.1"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser, serve = _parser()
+    args = parser.parse_args(argv)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -124,7 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, on_signal)
-    with FakeAnthropic(host=args.host, port=args.port) as server:
+    server = FakeAnthropic(host=args.host, port=args.port)
+    _start(server, serve)
+    try:
         server.script(*args.fault)
         if args.default is not None:
             server.default(args.default)
@@ -132,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A timed wait, so signal handlers get to run on every platform.
         while not stop.wait(0.5):
             pass
+    finally:
+        server.stop()
     return 0
 
 
