@@ -91,7 +91,9 @@ class Delivery:
             delta = event.delta
             field = _DELTA_TEXT.get(delta.type)
             if field is not None:
-                self.blocks[event.index].append(getattr(delta, field))
+                block = self.blocks.get(event.index)
+                if block is not None:  # else a block that never started: the SDK's to judge
+                    block.append(getattr(delta, field))
             else:  # signature_delta, citations_delta, others: rare, kept by field
                 if self.extras is None:
                     self.extras = {}
@@ -319,7 +321,11 @@ class _SyncGuard(_Guard):
                         is_delta = fields.get("type") == "content_block_delta"
                         delta = fields["delta"].__dict__ if is_delta else _NO_FIELDS
                         if delta.get("type") == "text_delta":
-                            blocks[fields["index"]].append(delta["text"])
+                            # A `try` costs nothing per event here, `suppress` a context.
+                            try:  # noqa: SIM105
+                                blocks[fields["index"]].append(delta["text"])
+                            except KeyError:  # a block that never started: as in `add`
+                                pass
                         else:
                             add(event)
                         yield event
@@ -388,7 +394,11 @@ class _AsyncGuard(_Guard):
                         is_delta = fields.get("type") == "content_block_delta"
                         delta = fields["delta"].__dict__ if is_delta else _NO_FIELDS
                         if delta.get("type") == "text_delta":
-                            blocks[fields["index"]].append(delta["text"])
+                            # A `try` costs nothing per event here, `suppress` a context.
+                            try:  # noqa: SIM105
+                                blocks[fields["index"]].append(delta["text"])
+                            except KeyError:  # a block that never started: as in `add`
+                                pass
                         else:
                             add(event)
                         yield event
