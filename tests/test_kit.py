@@ -26,6 +26,7 @@ from sdkguard.testing.__main__ import _FAULTS, parse_fault
 from sdkguard.testing._answers import HANDLERS
 from sdkguard.testing._sse import plan
 from tests.helpers import (
+    MESSAGE_ARGS,
     SDK_HANDS_ON_UNKNOWN_EVENTS,
     OverloadedError,
     as_the_sdk_hands_on,
@@ -1221,6 +1222,106 @@ def test_vanish_faults_parse_from_the_command_line() -> None:
         pytest.skip(f"a vanishing peer needs Linux socket filters (this is {sys.platform})")
     assert parse_fault("vanish_after:2") == faults.vanish_after(2)
     assert parse_fault("vanish_before_headers") == faults.vanish_before_headers()
+
+
+# -- a proxy that buffers whole answers ------------------------------------------------------
+
+BUFFERED_SECONDS = 0.4
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "json"])
+def test_buffered_sends_nothing_then_the_whole_answer_in_one_write(
+    fake: FakeAnthropic, stream: bool
+) -> None:
+    fake.script(faults.buffered(BUFFERED_SECONDS))
+    body = json.dumps({**MESSAGE_ARGS, "stream": stream}).encode()  # as raw_answer's
+    with socket.create_connection(("127.0.0.1", fake.port)) as sock:
+        sock.settimeout(5)
+        start = time.monotonic()
+        sock.sendall(
+            b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        first = sock.recv(1 << 20)  # the first bytes of the answer, the status line's
+        waited = time.monotonic() - start
+        # The server records its last write just before making it: all of it, already.
+        assert fake.sent[0].completed
+        rest = b"".join(iter(lambda: sock.recv(1 << 20), b""))
+    assert waited >= BUFFERED_SECONDS
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+    # One write of a few kilobytes crosses the loopback whole: the first read holds it all.
+    assert rest == b""
+    # the answer as it is without a proxy, but for the message and request ids
+    assert first == raw_answer(fake, stream).replace(b"_fake_2", b"_fake_1")
+    sent = done(fake)
+    assert sent.fault == "buffered" and sent.status == 200
+    assert [name for name, _ in sent.events][-1:] == (["message_stop"] if stream else [])
+
+
+def test_buffered_holds_back_the_headers_until_a_long_stream_is_done(fake: FakeAnthropic) -> None:
+    # 20,000 events: written one by one, a stream's headers would arrive well before its end.
+    long_reply = faults.ok(faults.text("x" * 20_000, deltas=20_000))
+    fake.script(faults.buffered(0.1, reply=long_reply))
+    body = json.dumps({**KW, "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", fake.port)) as sock:
+        sock.settimeout(5)
+        sock.sendall(
+            b"POST /v1/messages HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        first = sock.recv(1 << 20)
+        # When the status line arrives, the whole stream has been made and given to the socket.
+        assert fake.sent[0].completed and len(fake.sent[0].events) == 20_006
+        answer = first + b"".join(iter(lambda: sock.recv(1 << 20), b""))
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.count(b"event: content_block_delta") == 20_000
+    assert answer.endswith(b'event: message_stop\ndata: {"type":"message_stop"}\n\n\r\n0\r\n\r\n')
+
+
+def test_buffered_through_the_sdk(fake: FakeAnthropic) -> None:
+    reply = faults.ok(faults.text("late but whole", deltas=5))
+    fake.script(faults.buffered(BUFFERED_SECONDS, reply=reply), faults.buffered(0))
+    with make_client(fake, read=5.0) as client:
+        start = time.monotonic()
+        seen, error = read_stream(client)
+        assert time.monotonic() - start >= BUFFERED_SECONDS
+        assert client.messages.create(**KW).content[0].text == faults.DEFAULT_TEXT
+    assert error is None
+    assert seen == done(fake).content_events() and done(fake).text == "late but whole"
+    assert done(fake).completed and done(fake, 1).completed
+
+
+def test_buffered_as_the_default_delays_every_request_past_a_short_read_timeout(
+    fake: FakeAnthropic,
+) -> None:
+    # What a client behind a buffering proxy meets: no headers within its read timeout.
+    fake.default(faults.buffered(5.0))
+    with make_client(fake, read=0.2) as client:
+        _, error = read_stream(client)
+        assert isinstance(error, anthropic.APITimeoutError)
+        with pytest.raises(anthropic.APITimeoutError):
+            client.messages.create(**KW)
+        with pytest.raises(anthropic.APITimeoutError):
+            client.messages.count_tokens(model="m", messages=KW["messages"])
+    assert [s.fault for s in fake.sent] == ["buffered"] * 3
+    for index in range(3):  # each ends when its client gives up, before its 5 s
+        assert done(fake, index).status == 0 and done(fake, index).events == []
+
+
+def test_buffered_count_tokens_is_late_too(fake: FakeAnthropic) -> None:
+    fake.default(faults.buffered(BUFFERED_SECONDS))
+    with make_client(fake, read=5.0) as client:
+        start = time.monotonic()
+        counted = client.messages.count_tokens(model="m", messages=KW["messages"])
+        assert time.monotonic() - start >= BUFFERED_SECONDS
+    assert counted.input_tokens > 0 and done(fake).fault == "buffered"
+
+
+def test_buffered_from_the_command_line_and_its_validation() -> None:
+    assert parse_fault("buffered:2") == faults.buffered(2.0)
+    assert parse_fault("buffered:forever") == faults.buffered(None)
+    with pytest.raises(ValueError):
+        faults.buffered(-1)
 
 
 def test_every_answer_kind_has_its_handler() -> None:

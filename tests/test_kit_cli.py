@@ -59,6 +59,7 @@ def test_a_taken_port() -> None:
         ("stall_after:2,soon", "stall_after:n[,seconds]"),
         ("status:529,1", "status:code"),
         ("pings_only_after:1,0", "pings_only_after:n,interval[,seconds]"),
+        ("buffered:x", "buffered:seconds"),
     ],
 )
 @pytest.mark.parametrize("option", ["--fault", "--default"])

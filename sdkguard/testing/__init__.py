@@ -16,6 +16,7 @@ from sdkguard.testing._server import FakeAnthropic, RecordedRequest, SentRespons
 from sdkguard.testing.faults import (
     Answer,
     Block,
+    Buffered,
     CloseAfter,
     Fragmented,
     HugeLine,
@@ -45,6 +46,7 @@ from sdkguard.testing.faults import (
 __all__ = [
     "Answer",
     "Block",
+    "Buffered",
     "CloseAfter",
     "FakeAnthropic",
     "Fragmented",

@@ -101,6 +101,7 @@ _FAULTS: dict[str, _Fault] = {
         _fault(faults.proxy_error, "code", required=0),
         _fault(faults.wrong_content_type, "content_type", required=0),
         _fault(faults.reset_at_byte, "offset"),
+        _fault(faults.buffered, "seconds"),
     )
 }
 
@@ -197,7 +198,7 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         type=_fault_arg,
         default=None,
         metavar="NAME[:ARG,...]",
-        help="the answer once the --fault list is used up (ok)",
+        help="the answer once the --fault list is used up (ok), e.g. buffered:2",
     )
     return parser, serve
 

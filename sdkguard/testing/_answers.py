@@ -23,6 +23,7 @@ from sdkguard.testing._records import RecordedRequest, SentResponse, record_cut_
 from sdkguard.testing.faults import (
     DEFAULT_OK,
     Answer,
+    Buffered,
     CloseAfter,
     Fragmented,
     HugeLine,
@@ -384,7 +385,7 @@ def _vanish_now(reply: Reply, answer: Answer) -> End:
     return reply.conn.vanish_until_stopped()
 
 
-def _wait(reply: Reply, answer: StallBeforeHeaders) -> None:
+def _wait(reply: Reply, answer: StallBeforeHeaders | Buffered) -> None:
     reply.conn.pause(answer.seconds)
 
 
@@ -460,6 +461,28 @@ def _invalid_utf8_event(out: StreamReply, answer: InvalidUtf8After) -> End:
 def _unknown_event_then_rest(out: StreamReply, answer: UnknownEventAfter) -> End:
     out.send_event(_sse.event(answer.event, {"type": answer.event}))
     return out.send_rest()
+
+
+def _stream_at_once(out: StreamReply, answer: Buffered) -> End:
+    """The head, every event and the end of the body in one write, as a buffering proxy
+    passes a finished answer on."""
+    sent, events = out.sent, out.events
+    whole = out.head + b"".join(chunk for _, _, chunk in events) + _sse.LAST_CHUNK
+
+    recorded_before = len(sent.events)
+
+    def record() -> None:
+        out.record_head()
+        sent.events.extend((name, data) for name, data, _ in events)
+        sent.completed = True
+
+    def undo() -> None:
+        sent.status, sent.headers, sent.completed = 0, {}, False
+        del sent.events[recorded_before:]
+
+    out.conn.send_last(whole, record, undo)
+    out.written = len(events)
+    return out.reply.end
 
 
 def _trickle_stream(out: StreamReply, answer: Trickle) -> End:
@@ -545,6 +568,7 @@ HANDLERS: Mapping[type[Answer], Handler] = {
     ResetBeforeHeaders: Handler(whole=_reset_now),
     VanishBeforeHeaders: Handler(whole=_vanish_now),
     StallBeforeHeaders: Handler(before=_wait, count_tokens=True),
+    Buffered: Handler(before=_wait, stream=_stream_at_once, count_tokens=True),
     ResetAtByte: Handler(count_tokens=True),  # the connection's shaper cuts it
     HugeLine: Handler(),
     UnknownEventAfter: Handler(stream=_after_n(_unknown_event_then_rest)),

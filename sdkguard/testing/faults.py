@@ -12,7 +12,8 @@ the deltas.
 Hostile answers (`unknown_event_after`, `huge_line`, `invalid_utf8_after`, `proxy_error`,
 `wrong_content_type`) reproduce what a changing API, a proxy or a corrupt transfer sends;
 `reset_at_byte` and the `fragmented` wrapper act on the bytes of an answer, wherever they
-fall (inside a header, a chunk-size line, a UTF-8 character or a line ending).
+fall (inside a header, a chunk-size line, a UTF-8 character or a line ending). `buffered`
+passes a reply on late and whole, as a proxy that buffers whole answers does.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "VANISH_SUPPORTED",
     "Answer",
     "Block",
+    "Buffered",
     "CloseAfter",
     "Fragmented",
     "HugeLine",
@@ -55,6 +57,7 @@ __all__ = [
     "VanishAfter",
     "VanishBeforeHeaders",
     "WrongContentType",
+    "buffered",
     "close_after",
     "default_error_message",
     "default_error_type",
@@ -383,6 +386,15 @@ class ResetAtByte(Answer):
 
 
 @dataclass(frozen=True)
+class Buffered(Answer):
+    """Nothing for `seconds` (forever if None), then the whole reply in one write."""
+
+    seconds: float | None
+    reply: Ok | None = None
+    name: ClassVar[str] = "buffered"
+
+
+@dataclass(frozen=True)
 class Fragmented(Answer):
     """`answer`, its bytes written in pieces cut at the byte offsets `at`."""
 
@@ -671,6 +683,18 @@ def reset_at_byte(offset: int, *, reply: Ok | None = None) -> ResetAtByte:
     if offset < 0:
         raise ValueError(f"offset must be at least 0, got {offset}")
     return ResetAtByte(offset=offset, reply=reply)
+
+
+def buffered(seconds: float | None, *, reply: Ok | None = None) -> Buffered:
+    """The reply as a proxy that buffers whole answers passes it on: all of it, late.
+
+    Nothing is sent for `seconds` (the time the API takes to generate the whole answer;
+    forever if None), then the status line, the headers and the whole body in one write: a
+    stream's every event at once, a non-streaming request's JSON. What nginx with
+    `proxy_buffering on` or a corporate proxy does to a stream.
+    """
+    _check_seconds(seconds)
+    return Buffered(seconds=seconds, reply=reply)
 
 
 def fragmented(
