@@ -5,7 +5,9 @@ by name, code), the installed `anthropic` and whether sdkguard supports it, whet
 activation is installed and on, whether an OpenTelemetry tracer provider is configured, and
 what is patched. Exit status 1 when something is wrong (an SDK that is missing, unsupported or
 cannot be patched, a malformed variable, startup activation asked for but not working), else
-0; `--json` prints the same report for machines.
+0; `--json` prints the same report for machines. A guard turned off on purpose
+(`SDKGUARD_ENABLED=0`, `install(enabled=False)`) is no fault, but the report says first and
+last that no call is guarded.
 
 The report is about the process it runs in: `collect()` can be called from a program too, where
 it also sees what the program's own `install(...)` set.
@@ -82,6 +84,14 @@ def collect(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     report["installed"] = _patch.is_installed()
     report["patched"] = _patched(report["anthropic"], problems)
     report["opentelemetry"] = _opentelemetry(env)
+    disabled = _disabled(policy["enabled"])
+    if disabled is not None:
+        # A deliberate switch, not a fault (the exit status stays 0), but it comes first.
+        notes.insert(
+            0,
+            f"{disabled} (every call goes to the SDK untouched: no retry, no stall "
+            "detection); unset it, or set it to 1, to guard calls",
+        )
     report["problems"] = problems
     report["notes"] = notes
     report["ok"] = not problems
@@ -219,9 +229,21 @@ def _policy(env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
         }
         if name in malformed:
             entry["error"] = malformed[name]
+        if source in ("environment", "malformed"):
             entry["raw"] = env.get(env_var or "")
         fields[name] = entry
     return fields
+
+
+def _disabled(entry: Mapping[str, Any]) -> str | None:
+    """What disables the guard, in words, when the effective policy's `enabled` is off."""
+    if entry["value"] is not False:
+        return None
+    if entry["source"] == "environment":
+        by = f"{entry['variable']}={entry['raw']}"
+    else:
+        by = "install(enabled=False)"
+    return f"sdkguard is disabled by {by}: no call is guarded"
 
 
 def _differs(a: object, b: object) -> bool:
@@ -326,6 +348,9 @@ def render(report: Mapping[str, Any]) -> str:
     add = lines.append
     me = report["sdkguard"]
     add(f"sdkguard {me['version']} on Python {me['python']} ({me['executable']})")
+    disabled = _disabled(report["policy"]["enabled"])
+    if disabled is not None:
+        add(f"DISABLED: {disabled}")
 
     sdk = report["anthropic"]
     add("")
@@ -407,6 +432,6 @@ def render(report: Mapping[str, Any]) -> str:
         add(f"problems ({len(report['problems'])})")
         lines.extend(f"  - {problem}" for problem in report["problems"])
     else:
-        add("no problems found")
+        add("no problems found" + (", but no call is guarded" if disabled else ""))
     lines.extend(f"note: {note}" for note in report["notes"])
     return "\n".join(lines) + "\n"

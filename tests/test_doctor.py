@@ -98,6 +98,7 @@ def test_a_good_configuration_as_json() -> None:
         "display": "8",
         "source": "environment",
         "variable": "SDKGUARD_MAX_ATTEMPTS",
+        "raw": "8",
     }
     assert policy["progress_timeout"]["value"] is None
     assert policy["progress_timeout"]["source"] == "default"
@@ -286,3 +287,36 @@ def test_the_cli_exit_status(
 )
 def test_satisfies(version: str, requirement: str, expected: bool | None) -> None:
     assert satisfies(version, requirement) is expected
+
+
+@pytest.mark.parametrize("raw", ["0", "off"])
+def test_a_disabled_guard_is_said_plainly(raw: str) -> None:
+    # A deliberate switch, not a broken set-up: exit status 0, but no line of the report may
+    # leave the reader thinking calls are guarded.
+    env = environment(SDKGUARD_AUTO="1", SDKGUARD_ENABLED=raw)
+    result = doctor(env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    disabled = f"sdkguard is disabled by SDKGUARD_ENABLED={raw}: no call is guarded"
+    assert out.splitlines()[1] == f"DISABLED: {disabled}"
+    assert row(out, "enabled") == ["off", "environment SDKGUARD_ENABLED"]
+    assert out.rstrip().splitlines()[-2] == "no problems found, but no call is guarded"
+    assert out.rstrip().splitlines()[-1].startswith(f"note: {disabled}")
+    report = json.loads(doctor("--json", env=env).stdout)
+    assert report["ok"] is True and report["policy"]["enabled"]["value"] is False
+    assert report["notes"][0].startswith(disabled)
+
+
+def test_a_guard_disabled_in_code_is_said_plainly(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("SDKGUARD_"):
+            monkeypatch.delenv(name)
+    sdkguard.install(enabled=False)
+    try:
+        report = collect()
+    finally:
+        sdkguard.uninstall()
+    assert report["notes"][0].startswith(
+        "sdkguard is disabled by install(enabled=False): no call is guarded"
+    )
+    assert "no call is guarded" in render(report).splitlines()[1]
