@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sdkguard._sdk.release import http
+from sdkguard._wire import BEDROCK_EXCEPTIONS
 
 
 def request_of(err: BaseException) -> Any:
@@ -18,23 +19,12 @@ def request_of(err: BaseException) -> Any:
     return request
 
 
-# Bedrock streams report a failure as an AWS exception, which the SDK passes on by its name.
-_BEDROCK_ERROR_TYPES = {
-    "serviceUnavailableException": "overloaded_error",
-    "throttlingException": "rate_limit_error",
-    "internalServerException": "api_error",
-    "modelStreamErrorException": "api_error",
-    "modelTimeoutException": "timeout_error",
-    "validationException": "invalid_request_error",
-}
-
-
 def error_type(body: object) -> str | None:
     """`overloaded_error` from the body of an `event: error` (Bedrock's exception names too)."""
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict) and isinstance(error.get("type"), str):
-            return _BEDROCK_ERROR_TYPES.get(error["type"], error["type"])
+            return BEDROCK_EXCEPTIONS.get(error["type"], error["type"])
     return None
 
 

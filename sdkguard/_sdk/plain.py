@@ -11,6 +11,7 @@ import anthropic
 from sdkguard._sdk.errors import error_type
 from sdkguard._sdk.models import copy_model
 from sdkguard._sdk.release import http
+from sdkguard._wire import ERROR_STATUSES
 
 _RAW_RESPONSE_HEADER = "x-stainless-raw-response"
 # Platforms whose streams go to another endpoint (Bedrock: another wire format too), which the
@@ -101,26 +102,11 @@ def parse_answer(
     )
 
 
-# The HTTP status of each API error type: what a non-streaming answer carries an error with.
-_ERROR_STATUSES = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "billing_error": 402,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "timeout_error": 504,
-    "overloaded_error": 529,
-}
-
-
 def plain_status_error(client: Any, err: Any) -> Any:
     """For a stream's `event: error`, the SDK's error for the same error as an HTTP status
     (`OverloadedError` for `overloaded_error`, ...), or None when it is not one."""
     response = err.response
-    status = _ERROR_STATUSES.get(error_type(err.body) or "")
+    status = ERROR_STATUSES.get(error_type(err.body) or "")
     if status is None or response.status_code >= 400:
         return None
     answer = _json_answer(response, status, json.dumps(err.body).encode())
