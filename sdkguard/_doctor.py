@@ -32,7 +32,7 @@ from sdkguard._version import ANTHROPIC_REQUIREMENT, __version__, satisfies
 
 __all__ = ["add_parser", "collect", "render"]
 
-_INSTRUMENTOR = "sdkguard._instrumentor:SdkguardInstrumentor"
+_INSTRUMENTOR = "sdkguard.instrumentation:SdkguardInstrumentor"
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,7 +1,7 @@
 """Activation without code: `SDKGUARD_AUTO=1`, `sdkguard run`, the OpenTelemetry instrumentor.
 
 Every test runs real Python processes of this environment (where the startup file is installed,
-as `pip install -e '.[dev]'` puts it) against the fake server of this process. The scripts are
+as `pip install --group dev -e .` puts it) against the fake server of this process. The scripts are
 ordinary SDK programs that know nothing of sdkguard: `anthropic.Anthropic()` reads the base URL
 and the key from `ANTHROPIC_BASE_URL` and `ANTHROPIC_API_KEY`.
 """
@@ -22,7 +22,7 @@ import pytest
 
 import sdkguard
 from sdkguard import _run, _startup
-from sdkguard._instrumentor import ANTHROPIC_REQUIREMENT, SdkguardInstrumentor
+from sdkguard.instrumentation import ANTHROPIC_REQUIREMENT, SdkguardInstrumentor
 from sdkguard._patch import current_policy
 from sdkguard.testing import FakeAnthropic, faults
 
@@ -62,7 +62,7 @@ def _startup_file_installed() -> None:
     files = _startup.find_startup_files()
     assert any(f.complete for f in files), (
         "the sdkguard startup file is not installed in this environment: "
-        "run `python -m pip install -e '.[dev]'`"
+        "run `python -m pip install --group dev -e .`"
     )
 
 
@@ -518,7 +518,7 @@ def test_the_supported_range_is_the_one_of_pyproject() -> None:
     dependencies = [d.replace(" ", "") for d in project["project"]["dependencies"]]
     assert ANTHROPIC_REQUIREMENT.replace(" ", "") in dependencies
     scripts = project["project"]["entry-points"]["opentelemetry_instrumentor"]
-    assert scripts == {"sdkguard": "sdkguard._instrumentor:SdkguardInstrumentor"}
+    assert scripts == {"sdkguard": "sdkguard.instrumentation:SdkguardInstrumentor"}
     include = project["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
     assert sorted(include.values()) == sorted(
         [_startup.PTH_NAME, _startup.START_NAME, _startup.MODULE_NAME + ".py"]
