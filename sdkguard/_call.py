@@ -27,6 +27,7 @@ from sdkguard._decide import (
     classify_exception,
     classify_sse_error,
     classify_status,
+    say_seconds,
 )
 from sdkguard._errors import StreamInterrupted, StreamStalled
 from sdkguard._events import RetryEvent
@@ -373,11 +374,6 @@ _DEADLINE_TOLERANCE = 0.01
 def _deadline_failure(phase: Phase) -> Failure:
     where = "before the response began" if phase == "response" else "during the answer"
     return Failure("deadline", f"the call's deadline passed {where}", True, timeout=True)
-
-
-def say_seconds(seconds: float) -> str:
-    """A wait in words: `40 ms`, `2.0 s` (a short wait is not `0.0 s`)."""
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
 def _partial_or_none(partial: Callable[[], Any] | None) -> Any:

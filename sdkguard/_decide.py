@@ -28,6 +28,7 @@ __all__ = [
     "classify_sse_error",
     "classify_status",
     "parse_retry_after",
+    "say_seconds",
 ]
 
 Phase = Literal["response", "body"]
@@ -65,7 +66,12 @@ class AttemptRecord:
 
     def note(self, max_attempts: int) -> str:
         line = f"attempt {self.number} of {max_attempts}: {self.reason} after {self.duration:.2f} s"
-        return line if self.wait is None else f"{line}; waited {self.wait:.1f} s"
+        return line if self.wait is None else f"{line}; waited {say_seconds(self.wait)}"
+
+
+def say_seconds(seconds: float) -> str:
+    """A wait in words: `40 ms`, `2.0 s` (a short wait is not `0.0 s`)."""
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
 BUDGET_EXHAUSTED = (

@@ -20,6 +20,7 @@ from hypothesis.stateful import (
 
 from sdkguard import Policy
 from sdkguard._decide import (
+    AttemptRecord,
     CallState,
     Failure,
     Phase,
@@ -444,3 +445,11 @@ def test_connection_losses_by_phase(
 )
 def test_other_runtime_errors_from_sending_are_not_retried(cause: RuntimeError) -> None:
     assert classify_exception(_sent(cause), phase="response", stream=True) is None
+
+
+@pytest.mark.parametrize(
+    ("wait", "said"), [(0.04, "40 ms"), (0.9994, "999 ms"), (1.0, "1.0 s"), (2.04, "2.0 s")]
+)
+def test_a_short_wait_is_noted_in_milliseconds(wait: float, said: str) -> None:
+    record = AttemptRecord(2, "status_529", "HTTP 529", 0.1, wait)
+    assert record.note(5) == f"attempt 2 of 5: status_529 after 0.10 s; waited {said}"
