@@ -22,8 +22,8 @@ import pytest
 
 import sdkguard
 from sdkguard import _run, _startup
-from sdkguard.instrumentation import ANTHROPIC_REQUIREMENT, SdkguardInstrumentor
 from sdkguard._patch import current_policy
+from sdkguard.instrumentation import ANTHROPIC_REQUIREMENT, SdkguardInstrumentor
 from sdkguard.testing import FakeAnthropic, faults
 
 pytestmark = pytest.mark.timeout(120)
