@@ -894,8 +894,8 @@ def _drop_options(guard: Any) -> None:
 
 
 def _drop_blocks(guard: Any) -> None:
-    guard.delivery.message = None
-    guard.delivery.blocks = {}
+    guard.protocol.message = None
+    guard.protocol.blocks = {}
 
 
 # --- command line ---------------------------------------------------------------------------

@@ -88,13 +88,13 @@ def _plain_sync(wrapped: Callable[..., Any], sdk_call: _sdk.SdkCall, policy: Pol
         call.succeeded(stream)
         return stream
     try:
-        delivery = drain_sync(call, stream, send)
+        delivered = drain_sync(call, stream, send)
     except anthropic.APIStatusError as err:
         plain.raise_as_plain(err)
         raise
     if plain.answer is not None:
         return plain.answer
-    return plain.rebuilt(stream, delivery, call.state.attempt - 1)
+    return plain.rebuilt(stream, delivered, call.state.attempt - 1)
 
 
 async def request_async(
@@ -134,10 +134,10 @@ async def _plain_async(wrapped: Callable[..., Any], sdk_call: _sdk.SdkCall, poli
         call.succeeded(stream)
         return stream
     try:
-        delivery = await drain_async(call, stream, send)
+        delivered = await drain_async(call, stream, send)
     except anthropic.APIStatusError as err:
         plain.raise_as_plain(err)
         raise
     if plain.answer is not None:
         return plain.answer
-    return await plain.rebuilt(stream, delivery, call.state.attempt - 1)
+    return await plain.rebuilt(stream, delivered, call.state.attempt - 1)

@@ -179,7 +179,7 @@ def _restartable_guard(helper: Any) -> Any:
     """The guard of a stream helper's raw stream, if nothing has reached the user yet."""
     raw_stream = _drivers.raw_stream_of(helper)
     guard = None if raw_stream is None else _drivers.guard_of(raw_stream)
-    if guard is None or guard.delivery.committed or guard.restart_hook is not None:
+    if guard is None or guard.protocol.committed or guard.restart_hook is not None:
         return None
     return guard
 

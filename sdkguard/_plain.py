@@ -21,7 +21,7 @@ from typing import Any
 
 from sdkguard import _sdk
 from sdkguard._call import add_note
-from sdkguard._stream import Delivery
+from sdkguard._protocol import StreamProtocol
 
 __all__ = ["PlainCall"]
 
@@ -65,9 +65,9 @@ class PlainCall:
         is_async = self.sdk_call.asynchronous
         _sdk.replace_iterator(stream, _one_async(answer) if is_async else _one(answer))
 
-    def rebuilt(self, stream: Any, delivery: Delivery, retries_taken: int) -> Any:
-        """The caller's result from the events `delivery` holds (awaitable when async)."""
-        body = json.dumps(delivery.message_data(), separators=(",", ":")).encode()
+    def rebuilt(self, stream: Any, delivered: StreamProtocol, retries_taken: int) -> Any:
+        """The caller's result from the events `delivered` recorded (awaitable when async)."""
+        body = json.dumps(delivered.message_data(), separators=(",", ":")).encode()
         return self.sdk_call.parse_answer(stream.response, retries_taken, body=body)
 
     def raise_as_plain(self, err: Exception) -> None:

@@ -1,0 +1,289 @@
+"""The stream protocol: what a guarded stream holds, releases and records. No I/O.
+
+One `StreamProtocol` per guarded stream, fed the events of each attempt by a driver: the
+SDK's sync stream and its async stream (`_stream`, SDK event objects) and the proxy's relay
+(raw SSE events, relayed as received). It answers the questions every driver asks the same
+way:
+
+- **Hold or release.** Before the commit point, events are held (`hold` returns None); the
+  first content event is the commit point, and `hold` returns every held event to release
+  together. Until then a failed attempt can be replaced by a new one (`restart`) without the
+  consumer noticing.
+- **The message already whole.** Once `message_delta` has come (stop reason, final usage),
+  losing the rest of the body loses nothing (`whole`).
+- **The partial message.** What was delivered is recorded as strings, not event objects, and
+  rebuilt only when it is needed (`message_data`, `partial_message`): keeping every event
+  costs a third of a stream's throughput in garbage collection.
+
+The decision whether to retry at all belongs to the decision core (`_decide`), which the
+drivers ask through the attempt loop.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from sdkguard import _sdk
+
+__all__ = ["COMMIT_EVENTS", "StreamProtocol", "sse_data", "sse_event_name"]
+
+# The first of these to arrive is the commit point: content has reached the consumer.
+COMMIT_EVENTS = frozenset(
+    {"content_block_delta", "content_block_stop", "message_delta", "message_stop"}
+)
+# Which field of each delta carries its text; citations are kept whole.
+_DELTA_TEXT = {
+    "text_delta": "text",
+    "input_json_delta": "partial_json",
+    "thinking_delta": "thinking",
+}
+
+
+class StreamProtocol:
+    """One guarded stream: held events, the commit point, and what was delivered.
+
+    `raw=False`: events are SDK event objects (`event.type`, models). `raw=True`: events are
+    raw SSE events (bytes of one event, `event:` and `data:` lines), recorded from their JSON.
+
+    The message and its block starts are kept as their JSON, a few hundred bytes where the
+    parsed objects take kilobytes for the whole life of the stream; `message_delta` comes last,
+    and is kept as it is.
+    """
+
+    __slots__ = (
+        "blocks",
+        "committed",
+        "complete",
+        "extras",
+        "held",
+        "message",
+        "message_delta",
+        "raw",
+    )
+
+    def __init__(self, *, raw: bool = False) -> None:
+        self.raw = raw
+        self.restart()
+
+    def restart(self) -> None:
+        """A new attempt begins: forget the last one's events."""
+        self.committed = False
+        self.complete = False
+        """`message_delta` (or `message_stop`) arrived: the message is whole."""
+        self.held: list[Any] = []
+        self.message: _sdk.Frozen | None = None
+        self.blocks: dict[int, list[Any]] = {}
+        """By index: the block as it started (frozen), then the text of each delta."""
+        self.extras: dict[int, dict[str, Any]] | None = None
+        """By index: what a block's other deltas brought (signature, citations, others)."""
+        self.message_delta: Any = None
+
+    # -- events -----------------------------------------------------------------------------
+
+    def hold(self, kind: str, event: Any) -> list[Any] | None:
+        """Before the commit point: keep `event`, or return every event to release now.
+
+        The list itself is released: the drivers pop the events from it as they deliver them.
+        """
+        self.held.append(event)
+        if kind not in COMMIT_EVENTS:
+            return None
+        self.committed = True
+        record = self.record_raw if self.raw else self.record
+        for item in self.held:
+            record(item)
+        return self.held
+
+    def take_held(self) -> list[Any]:
+        """The events held back, handed over once (a driver giving up delivers them)."""
+        held, self.held = self.held, []
+        return held
+
+    def record(self, event: Any) -> None:
+        """Record a delivered SDK event (after the commit point).
+
+        The drivers record text deltas, nearly every event, inline (`blocks`); this is for
+        everything else.
+        """
+        kind = event.type
+        if kind == "content_block_delta":
+            delta = event.delta
+            field = _DELTA_TEXT.get(delta.type)
+            if field is not None:
+                self.add_text(event.index, getattr(delta, field))
+            elif delta.type == "signature_delta":
+                self._extra(event.index)["signature"] = delta.signature
+            elif delta.type == "citations_delta":
+                citation = _sdk.wire_dict(delta.citation)
+                self._extra(event.index).setdefault("citations", []).append(citation)
+            else:  # compaction_delta, or a type newer than this code: kept whole
+                self._extra(event.index).setdefault("other", []).append(_sdk.wire_dict(delta))
+        elif kind == "content_block_start":
+            self.blocks[event.index] = [_sdk.freeze_block(event.content_block)]
+        elif kind == "message_start":
+            self.message = _sdk.freeze(event.message)
+        elif kind == "message_delta":
+            self.message_delta = event
+            self.complete = True
+        elif kind == "message_stop":
+            self.complete = True
+
+    def record_raw(self, event: bytes) -> None:
+        """Record a delivered raw SSE event (after the commit point)."""
+        kind = sse_event_name(event)
+        if kind in ("message_stop", "content_block_stop", "ping") or kind is None:
+            self.complete = self.complete or kind == "message_stop"
+            return
+        data = json.loads(sse_data(event) or b"null")
+        if not isinstance(data, dict):
+            return
+        if kind == "content_block_delta":
+            delta: dict[str, Any] = data.get("delta") or {}
+            field = _DELTA_TEXT.get(str(delta.get("type")))
+            index: int = data.get("index", 0)
+            if field is not None:
+                self.add_text(index, delta.get(field) or "")
+            elif delta.get("type") == "signature_delta":
+                self._extra(index)["signature"] = delta.get("signature")
+            elif delta.get("type") == "citations_delta":
+                self._extra(index).setdefault("citations", []).append(delta.get("citation"))
+            else:
+                self._extra(index).setdefault("other", []).append(delta)
+        elif kind == "content_block_start":
+            block = data.get("content_block") or {}
+            self.blocks[data.get("index", 0)] = [(dict, json.dumps(block).encode())]
+        elif kind == "message_start":
+            self.message = (dict, json.dumps(data.get("message") or {}).encode())
+        elif kind == "message_delta":
+            self.message_delta = data
+            self.complete = True
+
+    def add_text(self, index: int, text: str) -> None:
+        block = self.blocks.get(index)
+        if block is not None:  # else a block that never started: the SDK's to judge
+            block.append(text)
+
+    def _extra(self, index: int) -> dict[str, Any]:
+        if self.extras is None:
+            self.extras = {}
+        return self.extras.setdefault(index, {})
+
+    # -- failures ---------------------------------------------------------------------------
+
+    def whole(self, api_error: bool) -> bool:
+        """Whether a failure now loses nothing: the message was whole (`message_delta` had
+        come), as when the body ends cleanly there. An API `error` event is still the API's
+        word, raised as the SDK raises it (`api_error`)."""
+        return self.complete and not api_error
+
+    # -- the message ------------------------------------------------------------------------
+
+    def message_data(self) -> dict[str, Any] | None:
+        """The message as far as it was delivered, as the API's non-streaming answer has it.
+
+        As the SDK's stream helpers accumulate it: `message_start` gives the message, each
+        `content_block_start` a block that its deltas complete, and `message_delta` the stop
+        reason and the final usage (cumulative counts: a count it carries replaces the first).
+        """
+        if self.message is None:
+            return None
+        body = _sdk.thaw(self.message)
+        extras = self.extras or {}
+        body["content"] = [
+            _block_data(_sdk.thaw(block[0]), "".join(block[1:]), extras.get(index))
+            for index, block in sorted(self.blocks.items())
+        ]
+        if self.message_delta is not None:
+            delta = self.message_delta
+            event = dict(delta) if isinstance(delta, dict) else _sdk.wire_dict(delta)
+            event.pop("type", None)
+            usage = event.pop("usage", None) or {}
+            # The delta's fields, then the event's own (beta: context_management, ...): a value
+            # replaces what message_start said, a null only fills a gap.
+            for key, value in (*(event.pop("delta", None) or {}).items(), *event.items()):
+                if value is not None or body.get(key) is None:
+                    body[key] = value
+            counts = {key: value for key, value in usage.items() if value is not None}
+            body["usage"] = {**(body.get("usage") or {}), **counts}
+        return body
+
+    def partial_message(self) -> Any:
+        """The message as far as it was delivered: of the SDK's own message class, or (raw
+        events) its JSON data."""
+        data = self.message_data()
+        if data is None or self.message is None or self.message[0] is dict:
+            return data
+        return _sdk.construct(self.message[0], data)
+
+
+def sse_event_name(event: bytes) -> str | None:
+    """The `event:` field of one raw SSE event, or None."""
+    start = event.find(b"event:")
+    if start < 0 or (start and event[start - 1] not in b"\r\n"):
+        return None
+    end = event.find(b"\n", start)
+    value = event[start + 6 : end if end >= 0 else len(event)]
+    return value.strip().decode("utf-8", "replace")
+
+
+def sse_data(event: bytes) -> bytes | None:
+    """The `data:` field of one raw SSE event (several `data:` lines joined by newlines)."""
+    lines = [
+        line[5:].removeprefix(b" ")
+        for line in event.replace(b"\r\n", b"\n").split(b"\n")
+        if line.startswith(b"data:")
+    ]
+    return b"\n".join(lines) if lines else None
+
+
+def _block_data(block: dict[str, Any], text: str, extra: dict[str, Any] | None) -> Any:
+    """A content block as far as it was delivered: its start, completed by its deltas."""
+    kind = block.get("type")
+    if kind == "text":
+        block["text"] = (block.get("text") or "") + text
+    elif kind == "thinking":
+        block["thinking"] = (block.get("thinking") or "") + text
+    elif text.strip() and "input" in block:  # tool_use, server_tool_use, mcp_tool_use ...
+        block["input"] = _tool_input(text)
+    if extra:
+        if "signature" in extra:
+            block["signature"] = extra["signature"]
+        if "citations" in extra:
+            block["citations"] = [*(block.get("citations") or ()), *extra["citations"]]
+        if "other" in extra:
+            block.update(other_delta_fields(block.get, extra["other"]))
+    return block
+
+
+def _tool_input(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        # Not valid JSON (fine-grained tool streaming, or a stream cut short): as far as it
+        # goes, as the SDK's own stream helper parses it.
+        import jiter
+
+        try:
+            return jiter.from_json(text.encode(), partial_mode="trailing-strings")
+        except ValueError:
+            return {}
+
+
+def other_delta_fields(current: Callable[[str], Any], deltas: list[dict[str, Any]]) -> Any:
+    """What the deltas without a rule of their own change in their block, by field.
+
+    `compaction_delta` replaces the fields it carries, as the SDK's stream helper does; a
+    delta type newer than this code extends a string field and replaces anything else, as
+    every string delta the API has sent so far does.
+    """
+    update: dict[str, Any] = {}
+    for delta in deltas:
+        fields = dict(delta)
+        kind = fields.pop("type", None)
+        for key, value in fields.items():
+            before = update[key] if key in update else current(key)
+            extend = kind != "compaction_delta" and isinstance(before, str)
+            update[key] = before + value if extend and isinstance(value, str) else value
+    return update
