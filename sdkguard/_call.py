@@ -344,7 +344,7 @@ class GuardedCall:
                 attempts=state.history,
                 reason=failure.reason,
             )
-        elif failure.reason in _STALL_LIMITS or failure.reason == "deadline":
+        elif failure.reason in _STALL_LIMITS or (failure.reason == "deadline" and self.stream):
             limit_name = _STALL_LIMITS.get(failure.reason, "deadline")
             limit = getattr(self.policy, limit_name)
             error = StreamStalled(
@@ -353,6 +353,12 @@ class GuardedCall:
                 reason=failure.reason,
                 limit=limit,
             )
+        elif failure.reason == "deadline":  # a plain call: the SDK's type for a timeout
+            error = anthropic.APITimeoutError(request=request)
+            error.message = (
+                f"{self.name}: {failure.description} (deadline={self.policy.deadline:g} s)"
+            )
+            error.args = (error.message,)
         elif not isinstance(err, anthropic.AnthropicError):
             # A raw transport error from a body read, or our own end-of-stream check: give
             # handlers the SDK's type for a connection failure.

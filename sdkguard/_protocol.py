@@ -45,7 +45,9 @@ class StreamProtocol:
     """One guarded stream: held events, the commit point, and what was delivered.
 
     `raw=False`: events are SDK event objects (`event.type`, models). `raw=True`: events are
-    raw SSE events (bytes of one event, `event:` and `data:` lines), recorded from their JSON.
+    raw SSE events (bytes of one event, `event:` and `data:` lines), recorded from their JSON;
+    with `keep_content=False` only whether the message is whole is kept (a relay that needs
+    no partial message parses no JSON).
 
     The message and its block starts are kept as their JSON, a few hundred bytes where the
     parsed objects take kilobytes for the whole life of the stream; `message_delta` comes last,
@@ -58,13 +60,15 @@ class StreamProtocol:
         "complete",
         "extras",
         "held",
+        "keep_content",
         "message",
         "message_delta",
         "raw",
     )
 
-    def __init__(self, *, raw: bool = False) -> None:
+    def __init__(self, *, raw: bool = False, keep_content: bool = True) -> None:
         self.raw = raw
+        self.keep_content = keep_content
         self.restart()
 
     def restart(self) -> None:
@@ -135,6 +139,9 @@ class StreamProtocol:
         kind = sse_event_name(event)
         if kind in ("message_stop", "content_block_stop", "ping") or kind is None:
             self.complete = self.complete or kind == "message_stop"
+            return
+        if not self.keep_content:
+            self.complete = self.complete or kind == "message_delta"
             return
         data = json.loads(sse_data(event) or b"null")
         if not isinstance(data, dict):

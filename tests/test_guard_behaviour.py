@@ -285,6 +285,22 @@ def test_deadline_cutting_a_silent_body_is_named(
     assert len(server.requests) == 1
 
 
+def test_deadline_cutting_a_plain_call_raises_the_sdks_timeout_naming_it(
+    server: FakeAnthropic, guard: None, client: anthropic.Anthropic
+) -> None:
+    server.script(faults.stall_before_headers(), faults.ok())
+    with (
+        sdkguard.policy(deadline=0.3, stream_plain_calls=False),
+        pytest.raises(anthropic.APITimeoutError) as caught,
+    ):
+        client.messages.create(**MESSAGE_ARGS)
+    assert not isinstance(caught.value, sdkguard.StreamStalled)  # not a stream
+    assert "the call's deadline passed before the response began (deadline=0.3 s)" in str(
+        caught.value
+    )
+    assert len(server.requests) == 1
+
+
 def test_a_short_wait_is_said_in_milliseconds(
     server: FakeAnthropic,
     guard: None,

@@ -629,6 +629,8 @@ class Checker:
             return type(self.client._make_status_error("", body=None, response=_response(status)))
         if committed:
             return sdkguard.StreamInterrupted
+        if reason == "deadline":  # the deadline cut the last attempt, whatever its fault
+            return sdkguard.StreamStalled if streamed else anthropic.APITimeoutError
         if last.fault in STALLS:
             return sdkguard.StreamStalled if streamed else anthropic.APITimeoutError
         return anthropic.APIConnectionError
