@@ -19,7 +19,7 @@ from typing import Any
 
 import wrapt
 
-from sdkguard._policy import Policy, apply_scopes, scoped_changes
+from sdkguard._policy import Policy, current_policy, set_installed_policy
 
 __all__ = ["current_policy", "install", "is_installed", "uninstall"]
 
@@ -29,7 +29,6 @@ class _State:
     lock: threading.RLock = field(default_factory=threading.RLock)
     installed: bool = False
     hook_registered: bool = False
-    policy: Policy = field(default_factory=Policy)
     # (owner, attribute, original value from the owner's __dict__), to restore exactly
     originals: list[tuple[type, str, Any]] = field(default_factory=list)
     # Why the imported SDK is left unguarded (unsupported version, internals not found).
@@ -53,7 +52,7 @@ def install(policy: Policy | None = None, **fields: Any) -> None:
     if not isinstance(new_policy, Policy):
         raise TypeError(f"install(policy=...) needs a sdkguard.Policy, got {type(policy)!r}")
     with _state.lock:
-        _state.policy = new_policy
+        set_installed_policy(new_policy)
         _state.installed = True
         if not _state.hook_registered:
             _state.hook_registered = True
@@ -77,12 +76,6 @@ def uninstall() -> None:
 def is_installed() -> bool:
     """Whether `install()` is in effect."""
     return _state.installed
-
-
-def current_policy() -> Policy:
-    """The policy of a call made here and now: installed policy, then `policy()` scopes."""
-    scopes = scoped_changes()
-    return apply_scopes(_state.policy, scopes) if scopes else _state.policy
 
 
 def _on_anthropic_import(module: object) -> None:

@@ -306,6 +306,27 @@ def apply_scopes(base: Policy, scopes: tuple[policy, ...]) -> Policy:
     return merged
 
 
+# The policy `install()` put in effect (the defaults until it runs). Kept here, beside the
+# scopes, so that whoever needs the policy of a call (the guard, telemetry, the proxy) asks the
+# policy module, not the patching machinery.
+_installed_policy = Policy()
+
+
+def set_installed_policy(policy: Policy) -> None:
+    global _installed_policy
+    _installed_policy = policy
+
+
+def installed_policy() -> Policy:
+    return _installed_policy
+
+
+def current_policy() -> Policy:
+    """The policy of a call made here and now: the installed policy, then `policy()` scopes."""
+    scopes = _scoped.get()
+    return apply_scopes(_installed_policy, scopes) if scopes else _installed_policy
+
+
 def with_max_attempts(base: Policy, max_attempts: int) -> Policy:
     """`base` with another `max_attempts`, cached like the scopes (it is asked on every call)."""
     if base.max_attempts == max_attempts:

@@ -27,7 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from sdkguard._decide import BUDGET
-from sdkguard._patch import current_policy
+from sdkguard._policy import current_policy
 from sdkguard._version import __version__
 
 if TYPE_CHECKING:

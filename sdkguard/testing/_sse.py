@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sdkguard.testing.faults import Block, Ok, Text, Thinking, ToolUse
+from sdkguard.testing._blocks import Block, Text, Thinking, ToolUse
+
+if TYPE_CHECKING:
+    from sdkguard.testing.faults import Ok
 
 # name, parsed data, the event as one HTTP chunk
 Event = tuple[str, dict[str, Any], bytes]

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from sdkguard import _wire
+from sdkguard.testing._blocks import Block, Text, Thinking, ToolUse
+from sdkguard.testing._sse import plan
 
 __all__ = [
     "DEFAULT_TEXT",
@@ -113,38 +115,6 @@ def default_error_message(error_type: str) -> str:
 
 
 # --- content blocks -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Block:
-    """Base of the content blocks of an `Ok` reply."""
-
-
-@dataclass(frozen=True)
-class Text(Block):
-    """A text block, streamed as `deltas` `text_delta` events."""
-
-    text: str
-    deltas: int = 1
-
-
-@dataclass(frozen=True)
-class Thinking(Block):
-    """A thinking block: `deltas` `thinking_delta` events, then one `signature_delta`."""
-
-    thinking: str
-    signature: str = "sig"
-    deltas: int = 1
-
-
-@dataclass(frozen=True)
-class ToolUse(Block):
-    """A tool_use block; its input, serialized as JSON, is split into `input_json_delta` events."""
-
-    name: str
-    input: Mapping[str, Any]
-    id: str
-    deltas: int = 2
 
 
 def _check_deltas(deltas: int) -> None:
@@ -451,9 +421,6 @@ def ok(
         stream=stream,
     )
     # Build the wire bytes now, not while serving: a benchmark then times only the client.
-    # Imported here because _sse imports this module.
-    from sdkguard.testing._sse import plan
-
     plan(answer)
     return answer
 
