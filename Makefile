@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test dist-check lint typecheck unit sdk-suite matrix bench bench-smoke soak soak-memory soak-smoke clean
+.PHONY: demo test dist-check lint typecheck unit sdk-suite matrix bench bench-smoke soak soak-memory soak-memory-unguarded soak-smoke clean
 
 # The development tools: pip >= 25.1 installs dependency groups (--group).
 $(STAMP): pyproject.toml
@@ -83,6 +83,10 @@ soak: $(STAMP)
 # threshold, so that glibc returns the 10 MB answers' buffers and RSS shows what is held.
 soak-memory: $(STAMP)
 	MALLOC_MMAP_THRESHOLD_=1048576 $(BIN)/python tools/soak.py --memory-calls 10000 --readme README.md
+
+# The same memory run with the SDK alone (sdkguard not installed): whose growth it is.
+soak-memory-unguarded: $(STAMP)
+	MALLOC_MMAP_THRESHOLD_=1048576 $(BIN)/python tools/soak.py --memory-calls 10000 --unguarded
 
 # CI: a short soak (under a minute), so that a regression shows and the tool cannot rot.
 soak-smoke: $(STAMP)
