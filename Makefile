@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test dist-check lint typecheck unit sdk-suite matrix bench bench-smoke soak soak-memory soak-memory-unguarded soak-smoke clean
+.PHONY: demo test dist-check lint typecheck unit real-clients sdk-suite matrix bench bench-smoke soak soak-memory soak-memory-unguarded soak-smoke clean
 
 # The development tools: pip >= 25.1 installs dependency groups (--group).
 $(STAMP): pyproject.toml
@@ -33,12 +33,19 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check sdkguard tests benchmarks tools startup
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict sdkguard startup/_sdkguard_startup.py
+	$(BIN)/mypy --strict sdkguard startup/_sdkguard_startup.py tests/realclients.py
 
 # The suite in parallel (pytest-xdist): a worker per core, each a process of its own, so the
 # tests that set process-wide state (retry budget, environment, OpenTelemetry) stay apart.
 unit: $(STAMP)
 	$(BIN)/python -m pytest -n auto --dist worksteal
+
+# The real-client tests alone (docs/testing.md): the TypeScript SDK, Claude Code and curl
+# against the fake server. `make unit` runs them too. The first run installs the npm packages
+# pinned in tests/clients into .cache/real-clients (npm's cache in .cache/npm), and again only
+# when the lock changes; without node and npm the tests are skipped.
+real-clients: $(STAMP)
+	$(BIN)/python -m pytest -m real_clients
 
 # Maintainers, before a release: build the sdist and wheel, `twine check --strict` them, install
 # the wheel into a fresh venv (.cache/dist-check) and run the quick start, the console script and
