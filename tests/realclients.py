@@ -292,6 +292,12 @@ def _with(env: dict[str, str], changes: Mapping[str, str | None] | None) -> dict
     return env
 
 
+def _check_target(base_url: str | None, wrapper: Sequence[str]) -> None:
+    """A client without a base URL would call the real API: only a wrapper may set it."""
+    if base_url is None and not wrapper:
+        raise ValueError("base_url is None without a wrapper to set ANTHROPIC_BASE_URL")
+
+
 def _installed(install_dir: Path | None) -> Path:
     if install_dir is not None:
         return install_dir
@@ -311,7 +317,7 @@ def _timed_out(
 
 
 def run_ts_client(
-    base_url: str,
+    base_url: str | None,
     mode: TsMode,
     timeout: float,
     *,
@@ -320,6 +326,7 @@ def run_ts_client(
     prompt: str = "say hi",
     model: str = CLAUDE_MODEL,
     env: Mapping[str, str | None] | None = None,
+    wrapper: Sequence[str] = (),
     install_dir: Path | None = None,
 ) -> ClientResult:
     """One Messages call with the TypeScript SDK (tests/clients/ts_client.cjs).
@@ -327,16 +334,19 @@ def run_ts_client(
     `mode`: `stream` (`client.messages.stream()`, its text events and `finalMessage()`),
     `create-stream` (`create({stream: true})`, iterating the events) or `create`.
     `max_retries` and `request_timeout` (seconds) are the SDK's `maxRetries` and `timeout`;
-    `timeout` bounds the whole process.
+    `timeout` bounds the whole process. `wrapper` is a command the client runs under
+    (`sdkguard proxy --upstream URL --port 0 --`): with `base_url` None, the SDK takes its
+    base URL from the ANTHROPIC_BASE_URL the wrapper sets.
     """
+    _check_target(base_url, wrapper)
     install_dir = _installed(install_dir)
     node = shutil.which("node")
     assert node is not None
     argv = [
+        *wrapper,
         node,
         str(CLIENTS_SOURCE / "ts_client.cjs"),
-        "--base-url",
-        base_url,
+        *(["--base-url", base_url] if base_url is not None else []),
         "--mode",
         mode,
         "--max-retries",
@@ -400,7 +410,7 @@ CLAUDE_ENV: dict[str, str] = {
 
 
 def run_claude(
-    base_url: str,
+    base_url: str | None,
     prompt: str,
     timeout: float,
     *,
@@ -408,6 +418,7 @@ def run_claude(
     output_format: Literal["stream-json", "text"] = "stream-json",
     model: str = CLAUDE_MODEL,
     extra_args: Sequence[str] = (),
+    wrapper: Sequence[str] = (),
     install_dir: Path | None = None,
 ) -> ClientResult:
     """`claude -p PROMPT` against `base_url`, in a fresh HOME (a temporary directory that is
@@ -417,22 +428,21 @@ def run_claude(
     `CLAUDE_CODE_MAX_RETRIES`, `API_TIMEOUT_MS`, `{"ANTHROPIC_AUTH_TOKEN": ..., "ANTHROPIC_API_KEY":
     None}`... `timeout` bounds the whole process. The outcome's `error_type` is `"api_error"`
     for an "API Error: ..." result (the HTTP status, if any, in `details["api_error_status"]`).
+    `wrapper` is a command Claude Code runs under (`sdkguard proxy --upstream URL --port 0
+    --`): with `base_url` None, ANTHROPIC_BASE_URL is the one the wrapper sets.
     """
+    _check_target(base_url, wrapper)
     binary = _claude_binary(_installed(install_dir))
-    argv = [str(binary), "-p", prompt, "--model", model, "--output-format", output_format]
+    argv = [*wrapper, str(binary), "-p", prompt, "--model", model, "--output-format", output_format]
     if output_format == "stream-json":
         argv.append("--verbose")
     argv += ["--no-session-persistence", *extra_args]
     with tempfile.TemporaryDirectory(prefix="sdkguard-claude-") as home:
         full_env = _with(
-            {
-                **_base_env(Path(home)),
-                "ANTHROPIC_BASE_URL": base_url,
-                "ANTHROPIC_API_KEY": DUMMY_API_KEY,
-                **CLAUDE_ENV,
-            },
-            env,
+            {**_base_env(Path(home)), "ANTHROPIC_API_KEY": DUMMY_API_KEY, **CLAUDE_ENV}, env
         )
+        if base_url is not None:
+            full_env["ANTHROPIC_BASE_URL"] = base_url
         returncode, stdout, stderr, elapsed, timed_out = _run(
             argv, full_env, timeout, cwd=Path(home)
         )

@@ -187,6 +187,32 @@ def test_a_path_prefix_is_kept(
     assert {r.path for r in server.requests} == {"/team-a/v1/messages"}
 
 
+@pytest.mark.parametrize("client", ["ts-sdk", "claude"])
+def test_under_a_wrapper_command(clients: Path, server: FakeAnthropic, client: str) -> None:
+    """Run under a command that sets ANTHROPIC_BASE_URL, as `sdkguard proxy ... -- COMMAND`
+    does (here `env`), the clients take their base URL from it."""
+    wrapper = [shutil.which("env") or "env", f"ANTHROPIC_BASE_URL={server.url}"]
+    if client == "ts-sdk":
+        result = realclients.run_ts_client(
+            None, "stream", RUN_TIMEOUT, wrapper=wrapper, install_dir=clients
+        )
+    else:
+        result = realclients.run_claude(
+            None, PROMPT, RUN_TIMEOUT, env=CLAUDE_FAST, wrapper=wrapper, install_dir=clients
+        )
+    assert result.ok, fails(result)
+    assert result.text == faults.DEFAULT_TEXT
+    assert len(server.requests) == 1
+
+
+def test_no_base_url_without_a_wrapper() -> None:
+    """A client without a base URL would call the real API: refused before it starts."""
+    with pytest.raises(ValueError, match="wrapper"):
+        realclients.run_claude(None, PROMPT, RUN_TIMEOUT)
+    with pytest.raises(ValueError, match="wrapper"):
+        realclients.run_ts_client(None, "create", RUN_TIMEOUT)
+
+
 # Faults: the TypeScript SDK (2 retries, before the response headers only)
 
 
@@ -355,13 +381,15 @@ def test_a_hung_client_is_killed(clients: Path, server: FakeAnthropic, client: s
     the client's process group at its own timeout and says so."""
     server.default(faults.stall_before_headers())
     if client == "ts-sdk":
+        timeout = 4.0
         result = realclients.run_ts_client(
-            server.url, "stream", 2.0, request_timeout=600, install_dir=clients
+            server.url, "stream", timeout, request_timeout=600, install_dir=clients
         )
     else:
-        result = realclients.run_claude(server.url, PROMPT, 3.0, install_dir=clients)
+        timeout = 6.0
+        result = realclients.run_claude(server.url, PROMPT, timeout, install_dir=clients)
     assert result.timed_out, fails(result)
     assert result.returncode is None
     assert result.outcome.error_type == "timeout"
-    assert 1.5 < result.elapsed < 30  # killed at its timeout, not at the client's
-    assert server.requests
+    assert timeout - 0.1 < result.elapsed < 60  # killed at its timeout, not at the client's
+    assert server.requests  # it was waiting for the answer

@@ -4,7 +4,7 @@
 // error. Run by tests/realclients.py (run_ts_client); exit status 0 on an answer, 1 on an
 // error, 2 on bad arguments.
 //
-//   node ts_client.cjs --base-url URL --mode stream|create-stream|create
+//   node ts_client.cjs [--base-url URL] --mode stream|create-stream|create
 //                      [--max-retries N] [--timeout-ms N] [--model M] [--prompt TEXT]
 //
 // The SDK is loaded from SDKGUARD_CLIENTS_NODE_MODULES (the install under .cache), so this
@@ -34,7 +34,6 @@ function parseArgs(argv) {
     else if (name === '--prompt') options.prompt = value;
     else throw new Error(`unknown argument ${name}`);
   }
-  if (!options.baseURL) throw new Error('--base-url is required');
   if (!['stream', 'create-stream', 'create'].includes(options.mode)) {
     throw new Error(`unknown mode ${options.mode}`);
   }
@@ -70,8 +69,13 @@ async function main() {
   const load = createRequire(path.join(modules || __dirname, 'noop.js'));
   const sdk = load('@anthropic-ai/sdk');
   const Anthropic = sdk.Anthropic || sdk.default;
+  // Without --base-url, the SDK reads ANTHROPIC_BASE_URL (set by a wrapper: a proxy command).
+  if (!options.baseURL && !process.env.ANTHROPIC_BASE_URL) {
+    process.stderr.write('ts_client: neither --base-url nor ANTHROPIC_BASE_URL\n');
+    return 2;
+  }
   const client = new Anthropic({
-    baseURL: options.baseURL,
+    ...(options.baseURL ? { baseURL: options.baseURL } : {}),
     apiKey: process.env.ANTHROPIC_API_KEY || 'sk-dummy',
     maxRetries: options.maxRetries,
     timeout: options.timeoutMs,
