@@ -21,10 +21,13 @@ Figures:
   LiteLLM adds;
 - (b) long stream: a 20,000-delta stream read to the end, client wall-clock and client CPU
   time, through sdkguard / direct, per-round median; goal <= 1.05 for both;
-- (c) CPU per relayed event: the proxy process's CPU time (utime + stime from /proc/PID/stat,
-  its children included) over each long stream of (b), until it stops rising after the
-  stream ends (work done after the last byte, such as logging, is counted), divided by the
-  events the upstream sent; goal: sdkguard spends less than a fifth of LiteLLM's;
+- (c) CPU per relayed event: the proxy process's CPU time (its process CPU clock, every
+  thread; /proc/PID/stat where that cannot be read) over a stream, until it stops rising
+  after the stream ended (work done after the last byte, such as logging, counts), divided
+  by the events the upstream sent. At full speed (the streams of (b)) a proxy's read gets
+  several events; the goal is judged on a 2,000-delta stream whose every event is a read of
+  its own (`--paced-server`: the fake server's bytes, one send per event, 1 ms apart, as the
+  API sends them): sdkguard spends less than a fifth of LiteLLM's;
 - (d) memory per open stream: a fresh sdkguard proxy; its RSS with K streams open, each held
   after its first content event (the upstream stalls after it), minus its RSS idle after a
   few streams, divided by K; threads and file descriptors alongside (no goal);
@@ -819,9 +822,15 @@ def paced(command: Sequence[str], sizes: Sizes, litellm: bool, out: Out) -> Any:
 
 
 class PacedServer(LineProcess):
-    """`proxy.py --paced-server`: a FakeAnthropic whose every stream is `deltas` deltas, each
-    event written with a pause of `pause` seconds just after its first byte, so that every
-    event reaches the proxy in a read of its own, as the API's events do."""
+    """`proxy.py --paced-server`: the fake server's answer of `deltas` deltas, replayed with
+    one send per event (one HTTP chunk each, TCP_NODELAY) and `pause` seconds before each, so
+    that every event reaches the proxy in a read of its own, as the API's events do.
+
+    The bytes are the kit's (`FakeAnthropic`, `faults.ok`), recorded once off a raw socket;
+    only the pacing is this server's. The kit's own `faults.fragmented` pauses inside a send,
+    which leaves two writes per pause (the rest of one event, the first piece of the next):
+    about 1.5 reads per event. Every answer is the same, request-id and message id included.
+    """
 
     def __init__(self, deltas: int, pause: float) -> None:
         spec = json.dumps({"deltas": deltas, "pause": pause})
@@ -838,42 +847,90 @@ def _raw_stream(url: str) -> bytes:
     head = (
         f"POST /v1/messages HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json"
         f"\r\nx-api-key: {API_KEY}\r\nanthropic-version: 2023-06-01\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
     ).encode()
-    chunks = []
+    received = b""
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(head + body)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        for _ in range(100_000):
             chunk = sock.recv(1 << 16)
+            received += chunk
+            if not chunk or received.endswith(b"\r\n0\r\n\r\n"):
+                break
+    return received
+
+
+def _read_request(conn: socket.socket, buffered: bytes) -> bytes | None:
+    """Read one request (Content-Length or chunked body); what follows it, or None at EOF."""
+    data = buffered
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(1 << 16)
+        if not chunk:
+            return None
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    headers = head.decode("latin-1").lower()
+    length = re.search(r"\ncontent-length: *(\d+)", headers)
+    if length:
+        while len(rest) < int(length.group(1)):
+            chunk = conn.recv(1 << 16)
             if not chunk:
-                break
-            chunks.append(chunk)
-            if b"".join(chunks[-2:]).endswith(b"\r\n0\r\n\r\n"):
-                break
-    return b"".join(chunks)
+                return None
+            rest += chunk
+        return rest[int(length.group(1)) :]
+    if "transfer-encoding: chunked" in headers:
+        while b"\r\n0\r\n\r\n" not in b"\r\n" + rest:
+            chunk = conn.recv(1 << 16)
+            if not chunk:
+                return None
+            rest += chunk
+        return (b"\r\n" + rest).split(b"\r\n0\r\n\r\n", 1)[1]
+    return rest
 
 
 def serve_paced(deltas: int, pause: float) -> int:
-    """The body of `PacedServer`'s process: until its stdin ends."""
+    """The body of `PacedServer`'s process: serves until its stdin ends."""
+    import threading
+
     from sdkguard.testing import FakeAnthropic, faults
 
-    answer = faults.ok(faults.text("x" * deltas, deltas=deltas), message_id="msg_bench_paced")
-    with FakeAnthropic(host="127.0.0.1") as server:
-        server.default(answer)
-        raw = _raw_stream(server.url)
-        # Where each event's HTTP chunk starts (its size line); a cut one byte into it. The
-        # request number in the request-id header shifts later answers by a byte or two,
-        # still inside the size line: each event still arrives on its own.
-        starts = [m.start() for m in re.finditer(rb"(?<=\r\n)[0-9a-fA-F]+\r\nevent: ", raw)]
-        if len(starts) != deltas + SENT_EVENTS_EXTRA:
-            raise RuntimeError(f"{len(starts)} events found in the probe's answer")
-        server.default(faults.fragmented(answer, [start + 1 for start in starts], pause=pause))
-        del server.requests[:], server.sent[:]
-        print(json.dumps({"url": server.url, "events": len(starts)}), flush=True)
-        for line in sys.stdin:
-            if line.strip() == "clear":
-                del server.requests[:], server.sent[:]
+    with FakeAnthropic(host="127.0.0.1") as fake:
+        fake.default(faults.ok(faults.text("x" * deltas, deltas=deltas)))
+        raw = _raw_stream(fake.url)
+    # Each event's HTTP chunk starts with its size line; the head ends before the first.
+    starts = [m.start() for m in re.finditer(rb"(?<=\r\n)[0-9a-fA-F]+\r\nevent: ", raw)]
+    if len(starts) != deltas + SENT_EVENTS_EXTRA:
+        raise RuntimeError(f"{len(starts)} events found in the fake server's answer")
+    head = raw[: starts[0]]
+    pieces = [raw[a:b] for a, b in zip(starts, [*starts[1:], len(raw)], strict=True)]
+
+    def answer(conn: socket.socket) -> None:
+        with conn, suppress(OSError):
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            buffered: bytes | None = b""
+            for _ in range(100_000):  # requests on this connection (keep-alive)
+                buffered = _read_request(conn, buffered or b"")
+                if buffered is None:
+                    return
+                conn.sendall(head)
+                for piece in pieces:
+                    time.sleep(pause)
+                    conn.sendall(piece)
+
+    listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+
+    def accept() -> None:
+        with suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    print(json.dumps({"url": url, "events": len(pieces)}), flush=True)
+    for _ in sys.stdin:  # until end of file: the benchmark ended
+        pass
+    listener.close()
     return 0
 
 
