@@ -139,6 +139,7 @@ class Sizes:
     long_rounds: int
     paced_deltas: int
     """Deltas of the paced stream of (c): one event per read, PACE apart."""
+    paced_rounds: int
     held: int
     """Streams held open per memory sample (d)."""
     memory_samples: int
@@ -151,8 +152,9 @@ class Sizes:
 FULL = Sizes(
     first_rounds=61,
     deltas=20_000,
-    long_rounds=11,
+    long_rounds=21,
     paced_deltas=2_000,
+    paced_rounds=11,
     held=500,
     memory_samples=3,
     streams=1000,
@@ -163,6 +165,7 @@ QUICK = Sizes(
     deltas=300,
     long_rounds=2,
     paced_deltas=50,
+    paced_rounds=2,
     held=10,
     memory_samples=1,
     streams=20,
@@ -731,7 +734,7 @@ def measure(sizes: Sizes, mode: str, args: argparse.Namespace, out: Out) -> Resu
 
         out(
             f"\n[3/5] a {sizes.paced_deltas:,}-delta stream, each event {PACE * 1e3:.0f} ms after "
-            f"the last (a read per event): {sizes.long_rounds} rounds ..."
+            f"the last (a read per event): {sizes.paced_rounds} rounds ..."
         )
         s["paced"] = paced(command, sizes, skipped is None, out)
 
@@ -813,7 +816,7 @@ def paced(command: Sequence[str], sizes: Sizes, litellm: bool, out: Out) -> Any:
             job = {
                 "kind": "long",
                 "targets": targets,
-                "rounds": sizes.long_rounds,
+                "rounds": sizes.paced_rounds,
                 "deltas": sizes.paced_deltas,
             }
             return run_worker(Path(__file__), job, out)
@@ -1206,7 +1209,8 @@ def report(results: Results, out: Out) -> None:
         ("long", f"(b) {sizes.deltas:,}-delta stream at full speed"),
         ("paced", f"(c) {sizes.paced_deltas:,}-delta stream, a read per event"),
     ):
-        out(f"{title}, medians ({sizes.long_rounds} rounds):")
+        rounds = sizes.long_rounds if key == "long" else sizes.paced_rounds
+        out(f"{title}, medians ({rounds} rounds):")
         for name, v in f[f"{key}_ms"].items():
             proxy = (
                 f", proxy CPU {v['proxy_cpu']:.1f} ms "
@@ -1320,7 +1324,7 @@ def markdown(results: Results) -> str:
         md_table(stream_header, stream_rows("long")),
         f"**(c) A {sizes.paced_deltas:,}-delta stream, a read per event**: the fake server "
         f"pauses {PACE * 1e3:.0f} ms inside each event's chunk, so each event reaches the proxy "
-        f"on its own, as the API's do; {sizes.long_rounds} interleaved rounds, medians:",
+        f"on its own, as the API's do; {sizes.paced_rounds} interleaved rounds, medians:",
         md_table(stream_header, stream_rows("paced")),
         f"**(d) Memory**: a fresh proxy, {WARMUP_STREAMS} streams, then {sizes.held} streams "
         f"held open after their first content event; {sizes.memory_samples} sample(s): "
