@@ -3,6 +3,7 @@
     sdkguard run [POLICY OPTIONS] -- COMMAND [ARG ...]
     sdkguard doctor [--json]
     sdkguard demo [--fast] [--only NAME[,NAME...]]
+    sdkguard proxy [--upstream URL] [--port N] [OPTIONS] [-- COMMAND [ARG ...]]
 
 Each subcommand lives in its own module, whose `add_parser(commands)` registers its parser
 and sets `handler` to a function of the parsed arguments returning the exit status; `main()`
@@ -18,6 +19,7 @@ from collections.abc import Callable
 
 from sdkguard import _demo, _doctor, _run
 from sdkguard._version import __version__
+from sdkguard.proxy import _command as _proxy
 
 __all__ = ["main"]
 
@@ -55,4 +57,5 @@ def _parser() -> argparse.ArgumentParser:
     _run.add_parser(commands)
     _doctor.add_parser(commands)
     _demo.add_parser(commands)
+    _proxy.add_parser(commands)
     return parser
