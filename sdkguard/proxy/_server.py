@@ -103,6 +103,8 @@ class ProxyServer:
         self.stats = stats if stats is not None else ProxyStats()
         self.port = config.port
         self._active = 0
+        self.addresses: list[tuple[str, int]] = []
+        """Where it listens, once started."""
         self._runner: web.ServerRunner | None = None
         self._upstream: Upstream | None = None
         self._relay: Relay | None = None
@@ -122,6 +124,9 @@ class ProxyServer:
             access_log=None,  # an access log would hold paths and queries; the relay logs its own
             max_line_size=_MAX_HEADER_BYTES,
             max_field_size=_MAX_HEADER_BYTES,
+            # A refused request's unread body is drained this long before the connection
+            # closes (so that the client reads the refusal rather than a reset), not 10 s.
+            lingering_time=1.0,
         )
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
@@ -134,8 +139,9 @@ class ProxyServer:
             raise
         self._runner = runner
         sockets = getattr(site._server, "sockets", None) or ()
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
+        self.addresses = [s.getsockname()[:2] for s in sockets]
+        if self.addresses:
+            self.port = self.addresses[0][1]
 
     async def stop(self) -> None:
         if self._runner is not None:
