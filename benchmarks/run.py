@@ -28,7 +28,7 @@ from typing import Any
 from _chart import render
 from _common import HERE, machine_line, md_table, status_cell
 
-BENCHMARKS = ("overhead", "tracing", "resilience", "concurrency", "startup")
+BENCHMARKS = ("overhead", "tracing", "resilience", "concurrency", "startup", "proxy")
 # The order of issue 6's table.
 FIGURES = (
     "stream overhead",
@@ -40,6 +40,12 @@ FIGURES = (
     "concurrency",
     "memory",
     "start-up",
+    # issue 14: `sdkguard proxy`
+    "proxy: first content",
+    "proxy: long stream",
+    "proxy: CPU per event",
+    "proxy: memory",
+    "proxy: concurrency",
 )
 CHART = "timeline.png"
 
