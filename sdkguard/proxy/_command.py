@@ -235,7 +235,8 @@ def _proxy(args: argparse.Namespace) -> int:
 def _listen_error(config: ProxyConfig, error: OSError) -> str:
     option = "--port" if error.errno == errno.EADDRINUSE else "--host"
     value = config.port if option == "--port" else config.host
-    reason = error.strerror or str(error)
+    # asyncio's words wrap the system's ("error while attempting to bind on address ...").
+    reason = os.strerror(error.errno) if error.errno else str(error)
     return f"{option} {value}: cannot listen on {config.host}:{config.port}: {reason.lower()}"
 
 
