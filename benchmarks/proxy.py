@@ -102,8 +102,8 @@ from _common import (
 
 from sdkguard._sdk import http  # the SDK's HTTP library (httpx or httpx2), for its Limits
 
-DIRECT, SDKGUARD, LITELLM = "direct", "sdkguard", "litellm"
-PROXIES = (SDKGUARD, LITELLM)
+DIRECT, SDKGUARD, LITELLM, RELAY = "direct", "sdkguard", "litellm", "relay"
+PROXIES = (SDKGUARD, LITELLM, RELAY)
 GOAL_STREAM_RATIO = 1.05
 GOAL_VS_LITELLM = 0.2  # "less than a fifth"
 THREADS_SLACK = 2  # "no thread per stream": at most this many threads more than idle
@@ -330,13 +330,18 @@ class Served:
         return {"url": self.url, "key": self.key, "pids": self.pids}
 
 
-def sdkguard_command(args: argparse.Namespace) -> list[str]:
+def sdkguard_command(args: argparse.Namespace, sizes: Sizes) -> list[str]:
+    """`sdkguard proxy`, its limit of requests at once (default 64, more get 429) raised for
+    the held and concurrent streams; its other settings are its defaults."""
     if args.proxy_command:
         return shlex.split(args.proxy_command)
     script = Path(sys.executable).with_name("sdkguard")
-    return (
-        [str(script), "proxy"] if script.exists() else [sys.executable, "-m", "sdkguard", "proxy"]
-    )
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "sdkguard"]
+    return [*command, "proxy", *_limits(sizes)]
+
+
+def _limits(sizes: Sizes) -> list[str]:
+    return ["--max-concurrency", str(max(sizes.held, sizes.streams) + WARMUP_STREAMS)]
 
 
 @contextmanager
@@ -433,6 +438,42 @@ def litellm_proxy(upstream: str) -> Iterator[Served]:
         yield served
     finally:
         served.stop()
+
+
+@contextmanager
+def bare_relay(upstream: str) -> Iterator[Served]:
+    """A reference for (c): a bare asyncio byte relay (no HTTP parsing, nothing held), the
+    least any proxy on Python's asyncio spends per read."""
+    port = free_port()
+    spec = json.dumps({"upstream": check_loopback(upstream), "port": port})
+    command = [sys.executable, str(Path(__file__)), "--bare-relay", spec]
+    served = Served(RELAY, command, port, LOGS / "bare-relay.log")
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+async def _serve_bare_relay(upstream: str, port: int) -> None:
+    host, upstream_port = upstream.removeprefix("http://").split(":")
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(host, int(upstream_port))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+    async with server:
+        await server.serve_forever()
 
 
 # --- the client processes (the plain SDK) ---------------------------------------------------
@@ -675,7 +716,7 @@ class Results(common.Results):
 def measure(sizes: Sizes, mode: str, args: argparse.Namespace, out: Out) -> Results:
     started = time.perf_counter()
     results = begin(Results, "sdkguard proxy benchmark", sizes, mode, out)
-    command = sdkguard_command(args)
+    command = sdkguard_command(args, sizes)
     results.proxy_command = command
     skipped = (
         "skipped in --quick mode (CI's smoke run: installing LiteLLM takes minutes)"
@@ -813,6 +854,8 @@ def paced(command: Sequence[str], sizes: Sizes, litellm: bool, out: Out) -> Any:
             targets[SDKGUARD] = sdk.target()
             if litellm:
                 targets[LITELLM] = stack.enter_context(litellm_proxy(server.url)).target()
+            relay = stack.enter_context(bare_relay(server.url))
+            targets[RELAY] = relay.target()
             job = {
                 "kind": "long",
                 "targets": targets,
@@ -1011,9 +1054,7 @@ def derive(results: Results) -> None:
         long = s[key]
         events = deltas + SENT_EVENTS_EXTRA
         for kind in ("wall", "cpu"):
-            for name in PROXIES:
-                if name not in long:
-                    continue
+            for name in [n for n in PROXIES if n in long]:
                 c = ratio([x[kind] for x in long[name]], [x[kind] for x in long[DIRECT]])
                 f[f"{key}_{kind}_{name}"] = asdict(c)
                 if key == "long" and name == SDKGUARD:
@@ -1155,7 +1196,12 @@ def headlines(results: Results) -> list[Headline]:
                 if cshare
                 else f" (LiteLLM {skipped})"
             )
-            + lite_full,
+            + lite_full
+            + (
+                f"; a bare asyncio byte relay: {paced[RELAY]['median']:.1f} us"
+                if RELAY in paced
+                else ""
+            ),
             cshare.status if cshare else "-",
         )
     )
@@ -1219,12 +1265,11 @@ def report(results: Results, out: Out) -> None:
                 else ""
             )
             out(f"  {name:9} wall {v['wall']:.0f} ms, client CPU {v['cpu']:.0f} ms{proxy}")
-        for name in PROXIES:
-            if f"{key}_wall_{name}" in f:
-                out(
-                    f"  {name} / direct: wall {_cmp(f[f'{key}_wall_{name}'], 'x{:.3f}')}; client "
-                    f"CPU {_cmp(f[f'{key}_cpu_{name}'], 'x{:.3f}')}"
-                )
+        for name in [n for n in PROXIES if f"{key}_wall_{n}" in f]:
+            out(
+                f"  {name} / direct: wall {_cmp(f[f'{key}_wall_{name}'], 'x{:.3f}')}; client "
+                f"CPU {_cmp(f[f'{key}_cpu_{name}'], 'x{:.3f}')}"
+            )
         if f"{key}_cpu_share" in f:
             out(
                 "  proxy CPU per event, sdkguard / LiteLLM: "
@@ -1324,7 +1369,9 @@ def markdown(results: Results) -> str:
         md_table(stream_header, stream_rows("long")),
         f"**(c) A {sizes.paced_deltas:,}-delta stream, a read per event**: the fake server "
         f"pauses {PACE * 1e3:.0f} ms inside each event's chunk, so each event reaches the proxy "
-        f"on its own, as the API's do; {sizes.paced_rounds} interleaved rounds, medians:",
+        f"on its own, as the API's do; {sizes.paced_rounds} interleaved rounds, medians. "
+        "`relay` is a reference: a bare asyncio byte relay (`--bare-relay`: no HTTP parsing, "
+        "nothing held), the least a proxy on Python's asyncio spends per read:",
         md_table(stream_header, stream_rows("paced")),
         f"**(d) Memory**: a fresh proxy, {WARMUP_STREAMS} streams, then {sizes.held} streams "
         f"held open after their first content event; {sizes.memory_samples} sample(s): "
@@ -1382,12 +1429,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-profile", action="store_true", help="no cProfile run when a goal is missed"
     )
     parser.add_argument("--paced-server", help=argparse.SUPPRESS)  # PacedServer's process
+    parser.add_argument("--bare-relay", help=argparse.SUPPRESS)  # bare_relay's process
     args = parser.parse_args(argv)
     if args.worker:
         report_result(worker(json.loads(args.worker)))
         return 0
     if args.paced_server:
         return serve_paced(**json.loads(args.paced_server))
+    if args.bare_relay:
+        with suppress(KeyboardInterrupt):
+            asyncio.run(_serve_bare_relay(**json.loads(args.bare_relay)))
+        return 0
     # The client processes get the plain SDK, whatever this shell set.
     os.environ.pop("SDKGUARD_AUTO", None)
     mode = "quick" if args.quick else "full"
