@@ -1103,7 +1103,7 @@ def test_fault_names_parse_from_the_command_line() -> None:
         n for n in faults.__all__ if n.islower() and n not in ("text", "thinking", "tool_use")
     }
     public -= {"default_error_message", "default_error_type", "status_for_error_type"}
-    public -= {"fragmented"}  # a wrapper of answers, for code
+    public -= {"fragmented", "continuable"}  # wrappers of answers, for code
     assert public == set(_FAULTS)
     assert parse_fault("huge_line:1000") == faults.huge_line(1000)
     assert parse_fault("proxy_error") == faults.proxy_error(502)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from sdkguard.testing import _platforms, _sse
+from sdkguard.testing import _continue, _platforms, _sse
 from sdkguard.testing._http import Connection, Cut, End, Shaper, head, reason
 from sdkguard.testing._records import RecordedRequest, SentResponse, record_cut_event
 from sdkguard.testing.faults import (
@@ -25,6 +25,7 @@ from sdkguard.testing.faults import (
     Answer,
     Buffered,
     CloseAfter,
+    Continuable,
     Fragmented,
     HugeLine,
     InvalidUtf8After,
@@ -53,6 +54,7 @@ from sdkguard.testing.faults import (
 MODELS = "models"
 BAD_REQUEST = "bad_request"
 NOT_FOUND = "not_found"
+PREFILL_REFUSED = "prefill_refused"
 """The names recorded for the built-in answers to requests that take no scripted answer."""
 
 
@@ -562,6 +564,7 @@ def _trickle_message(out: MessageReply, answer: Trickle) -> End:
 
 HANDLERS: Mapping[type[Answer], Handler] = {
     Ok: Handler(count_tokens=True),
+    Continuable: Handler(count_tokens=True),
     Status: Handler(whole=_status),
     ProxyError: Handler(whole=_proxy_error),
     WrongContentType: Handler(whole=_wrong_content_type),
@@ -623,6 +626,8 @@ def _messages(reply: Reply, answer: Answer, path_model: str | None) -> End:
         handler.before(reply, answer)
     ok = answer if isinstance(answer, Ok) else getattr(answer, "reply", None) or DEFAULT_OK
     body = reply.request.body
+    if isinstance(ok, Continuable):
+        ok = _continue.rest_of(ok, body)
     model = ok.model or (body.get("model") if isinstance(body, dict) else None) or path_model
     if not isinstance(model, str):
         model = "claude-fake"
@@ -660,6 +665,8 @@ def builtin(reply: Reply, name: str, path: str) -> End:
             "last_id": model["id"],
         }
         return reply.send_body(200, _sse.dumps(body))
+    if name == PREFILL_REFUSED:
+        return reply.send_error(400, "invalid_request_error", _continue.PREFILL_REFUSED)
     if name == BAD_REQUEST:
         return reply.send_error(
             400, default_error_type(400), "The request body is not a JSON object."

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-from sdkguard.testing import _answers, _platforms, _sse
+from sdkguard.testing import _answers, _continue, _platforms, _sse
 from sdkguard.testing._http import Connection, End, HttpServer, Request
 from sdkguard.testing._records import RecordedRequest, SentResponse
 from sdkguard.testing.faults import (
@@ -55,6 +55,7 @@ class FakeAnthropic:
         self._script: deque[Answer] = deque()
         self._default: Answer = DEFAULT_OK
         self._received = 0
+        self._refusing_prefill: frozenset[str] = frozenset()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -125,6 +126,24 @@ class FakeAnthropic:
             )
         with self._cond:
             self._default = answer
+
+    def refuse_prefill(self, *models: str) -> None:
+        """Answer a prefill to these models as Claude 4.6 and later do: HTTP 400.
+
+        A Messages request to one of `models` whose conversation ends with an assistant turn
+        gets `invalid_request_error` "This model does not support assistant message prefill.
+        The conversation must end with a user message." at once, without taking a scripted
+        answer (recorded as `prefill_refused`). `"*"` names every model; no argument: none.
+        """
+        with self._cond:
+            self._refusing_prefill = frozenset(models)
+
+    def _refuses_prefill(self, body: Any, path_model: str | None) -> bool:
+        refusing = self._refusing_prefill
+        if not refusing or not _continue.ends_with_assistant(body):
+            return False
+        model = body.get("model") or path_model
+        return "*" in refusing or model in refusing
 
     @property
     def pending_answers(self) -> int:
@@ -212,11 +231,18 @@ class FakeAnthropic:
             self._received += 1
             n = self._received
             answer: Answer | None = None
-            if route is not None and isinstance(body, dict):
+            refused = (
+                route is not None
+                and not route.count_tokens
+                and self._refuses_prefill(body, route.model)
+            )
+            if route is not None and isinstance(body, dict) and not refused:
                 answer = self._script.popleft() if self._script else self._default
                 if isinstance(answer, Fragmented):
                     wire, answer = answer, answer.answer
-            if answer is not None:
+            if refused:
+                name = _answers.PREFILL_REFUSED
+            elif answer is not None:
                 name = answer.name
             elif route is not None:
                 name = _answers.BAD_REQUEST

@@ -36,6 +36,7 @@ __all__ = [
     "Block",
     "Buffered",
     "CloseAfter",
+    "Continuable",
     "Fragmented",
     "HugeLine",
     "InvalidUtf8After",
@@ -61,6 +62,7 @@ __all__ = [
     "WrongContentType",
     "buffered",
     "close_after",
+    "continuable",
     "default_error_message",
     "default_error_type",
     "fragmented",
@@ -178,6 +180,15 @@ class Ok(Answer):
     message_id: str | None = None
     stream: bool | None = None
     name: ClassVar[str] = "ok"
+
+
+@dataclass(frozen=True)
+class Continuable(Ok):
+    """A reply that plays the model for continuation requests (see `continuable`)."""
+
+    repeat_words: int = 0
+    """How many of the delivered part's last words the rest repeats first (0: none)."""
+    name: ClassVar[str] = "continuable"
 
 
 @dataclass(frozen=True)
@@ -427,6 +438,43 @@ def ok(
 
 DEFAULT_OK = ok()
 """`ok()`, built once: what the server answers when nothing else was scripted."""
+
+
+def continuable(message: Ok | None = None, *, repeat_words: int = 0) -> Continuable:
+    """`message` (default `ok()`), answered as a model answers a request to continue it.
+
+    A request that carries a delivered part of `message` as its last assistant turn (an
+    assistant prefill: the conversation ends with it; or an assistant turn followed by a user
+    turn asking to continue) gets the rest of `message`: a stream with its own
+    `message_start`, the remaining text of the interrupted block, the following blocks,
+    `message_delta` and `message_stop`. The delivered part is matched block by block against
+    `message` (text blocks by prefix, the last one possibly cut inside a word); a request whose
+    assistant turn is not a proper prefix of it gets all of `message`, as `ok` does.
+
+    `repeat_words`: the rest first repeats the delivered part's last `repeat_words` words
+    (the last one as far as it was delivered, complete in the rest), as a model asked to
+    continue often does. A continuable works wherever an `ok()` reply does, so faults after
+    content combine with it: `reset_after(7, reply=msg)` breaks the first answer, and a
+    continuation request that takes `msg` (or `reset_after(3, reply=msg)`) gets the rest.
+    Models that refuse a prefill are set on the server (`FakeAnthropic.refuse_prefill`).
+    """
+    base = message or DEFAULT_OK
+    if isinstance(base, Continuable):
+        raise TypeError("continuable() takes an ok() reply, not a continuable one")
+    if repeat_words < 0:
+        raise ValueError(f"repeat_words must be at least 0, got {repeat_words}")
+    answer = Continuable(
+        blocks=base.blocks,
+        model=base.model,
+        stop_reason=base.stop_reason,
+        usage=base.usage,
+        ping_after_start=base.ping_after_start,
+        message_id=base.message_id,
+        stream=base.stream,
+        repeat_words=repeat_words,
+    )
+    plan(answer)
+    return answer
 
 
 def reset_before_headers() -> ResetBeforeHeaders:
