@@ -1,6 +1,7 @@
 # Two commands do all the set-up: `make demo` and `make test`.
 # Both (re)build .venv when it is missing or older than pyproject.toml: `make demo` installs
-# only the package (seconds), `make test` the `dev` dependency group (PEP 735) as well.
+# only the package (seconds), `make test` the `dev` and `docs` dependency groups (PEP 735) as
+# well (the suite builds the documentation site and opens it in a browser: tests/test_docs_site.py).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,13 +9,13 @@ STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: demo test dist-check lint typecheck unit real-clients sdk-suite matrix bench bench-smoke soak soak-memory soak-memory-unguarded soak-smoke clean
+.PHONY: demo test docs docs-serve dist-check lint typecheck unit real-clients sdk-suite matrix bench bench-smoke soak soak-memory soak-memory-unguarded soak-smoke clean
 
 # The development tools: pip >= 25.1 installs dependency groups (--group).
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --group dev -e .
+	$(BIN)/python -m pip install --quiet --group dev --group docs -e .
 	@touch $(STAMP)
 
 # The demo needs the package alone (the fake server is part of it), so any pip will do.
@@ -47,6 +48,14 @@ unit: $(STAMP)
 real-clients: $(STAMP)
 	$(BIN)/python -m pytest -m real_clients
 
+# The documentation site (mkdocs.yml): built into .cache/site, strict (a broken link or a missing
+# reference fails it); `make docs-serve` serves it on 127.0.0.1:8000 and rebuilds on change.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir .cache/site
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
+
 # Maintainers, before a release: build the sdist and wheel, `twine check --strict` them, install
 # the wheel into a fresh venv (.cache/dist-check) and run the quick start, the console script and
 # the pytest fixture from outside the source tree.
@@ -69,8 +78,8 @@ sdk-suite: $(STAMP)
 matrix: $(STAMP)
 	$(BIN)/python tools/matrix.py $(MATRIX)
 
-# Every benchmark; writes benchmarks/RESULTS.md, benchmarks/timeline.png and the README's
-# headline figures (about 10 minutes on a quiet machine, 20 on a heavily loaded one).
+# Every benchmark; writes benchmarks/RESULTS.md, benchmarks/timeline.png and the headline
+# figures of docs/benchmarks.md (about 10 minutes on a quiet machine, 20 on a heavily loaded one).
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/plain_calls.py
@@ -82,14 +91,14 @@ bench-smoke: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/plain_calls.py --quick
 
 # The chaos soak (docs/soak.md): 2,000 calls under faults, each checked against what the server
-# sent; writes its figures into README.md when everything holds.
+# sent; writes its figures into docs/proof.md when everything holds.
 soak: $(STAMP)
-	$(BIN)/python tools/soak.py --calls 2000 --readme README.md
+	$(BIN)/python tools/soak.py --calls 2000 --readme docs/proof.md
 
 # Memory over 10,000 calls (RSS and tracemalloc): several minutes, not in CI. A fixed mmap
 # threshold, so that glibc returns the 10 MB answers' buffers and RSS shows what is held.
 soak-memory: $(STAMP)
-	MALLOC_MMAP_THRESHOLD_=1048576 $(BIN)/python tools/soak.py --memory-calls 10000 --readme README.md
+	MALLOC_MMAP_THRESHOLD_=1048576 $(BIN)/python tools/soak.py --memory-calls 10000 --readme docs/proof.md
 
 # The same memory run with the SDK alone (sdkguard not installed): whose growth it is.
 soak-memory-unguarded: $(STAMP)
