@@ -1,4 +1,4 @@
-"""Every Python code block of README.md and docs/*.md, run as written against the fake server.
+"""Every Python code block of README.md and docs/**/*.md, run as written against the fake server.
 
 Each ```python block is a sample, run in a fresh Python process of its own, in an empty
 temporary directory, with the environment pointed at a `sdkguard.testing` server started by
@@ -49,7 +49,7 @@ from sdkguard.testing import FakeAnthropic
 from sdkguard.testing.__main__ import parse_fault
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]  # the site's pages too
 PYTHON = frozenset({"python", "py"})
 
 # What the environment of every sample holds: sdkguard's waits in hundredths of a second, its

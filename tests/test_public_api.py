@@ -111,7 +111,7 @@ def test_public_modules_import_cheaply(module: str) -> None:
 
 
 def test_docs_name_public_paths_only() -> None:
-    documents = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+    documents = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").rglob("*.md"))]
     private = re.compile(r"sdkguard\._(?:doctor|instrumentor)\b")
     named = {path.name: private.findall(path.read_text()) for path in documents if path.is_file()}
     assert {name: found for name, found in named.items() if found} == {}
