@@ -33,7 +33,7 @@ from sdkguard._version import __version__
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Observation
 
-__all__ = ["CallTelemetry", "start_call"]
+__all__ = ["CallTelemetry", "ServerSpan", "start_call", "start_server_span"]
 
 # The metrics API is imported when instruments are made (4 ms at start-up otherwise; the SDK
 # imports only the tracing API). Until something imports it, no meter provider can be set.
@@ -393,12 +393,20 @@ class CallTelemetry:
 
     @_never_raises
     def attempt_failed(
-        self, reason: str, error: BaseException, wait: float | None, *, stall: str | None
+        self,
+        reason: str,
+        error: BaseException | None,
+        wait: float | None,
+        *,
+        stall: str | None,
+        continued: bool = False,
     ) -> None:
-        """The current attempt failed; `wait` is the pause before the next one (None: none)."""
+        """The current attempt failed; `wait` is the pause before the next one (None: none).
+
+        `error`: the exception, if any (its HTTP status, if any, is recorded)."""
         span = self._attempt_span
         self._attempt_span = None
-        outcome = "retry" if wait is not None else "failed"
+        outcome = ("continued" if continued else "retry") if wait is not None else "failed"
         instruments = self._instruments
         attributes = {"sdkguard.outcome": outcome, "sdkguard.reason": reason}
         instruments.attempts.add(tuple(attributes.items()))
@@ -472,14 +480,21 @@ class CallTelemetry:
         span.end()
 
 
+def _field(value: Any, name: str) -> Any:
+    """A field of a message: an SDK model's attribute, or a key of its JSON (the proxy's)."""
+    if isinstance(value, dict):
+        return value.get(name)
+    return getattr(value, name, None)
+
+
 def _usage(message: Any) -> tuple[int | None, int | None, int | None, int | None]:
     """Input (with cache reads and writes, as the conventions count them for Anthropic),
     output, cache read and cache creation tokens."""
-    usage = getattr(message, "usage", None)
+    usage = _field(message, "usage")
     if usage is None:
         return None, None, None, None
     base, output, read, created = (
-        _count(getattr(usage, name, None))
+        _count(_field(usage, name))
         for name in (
             "input_tokens",
             "output_tokens",
@@ -502,12 +517,12 @@ def _set_response(
     if message is None:
         return
     for attribute, value in (
-        ("gen_ai.response.id", getattr(message, "id", None)),
-        ("gen_ai.response.model", getattr(message, "model", None)),
+        ("gen_ai.response.id", _field(message, "id")),
+        ("gen_ai.response.model", _field(message, "model")),
     ):
         if isinstance(value, str):
             span.set_attribute(attribute, value)
-    stop_reason = getattr(message, "stop_reason", None)
+    stop_reason = _field(message, "stop_reason")
     if isinstance(stop_reason, str):
         span.set_attribute("gen_ai.response.finish_reasons", [stop_reason])
     for attribute, count in zip(
@@ -522,3 +537,79 @@ def _set_response(
     ):
         if count is not None:
             span.set_attribute(attribute, count)
+
+
+# -- a gateway's incoming requests (sdkguard proxy) -----------------------------------------------
+
+_HTTP_METHODS = frozenset(
+    ("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE")
+)
+
+
+class ServerSpan:
+    """The SERVER span of one request a gateway serves, current while it is served: the
+    logical-call span of a guarded request opens under it."""
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, span: Span, token: object) -> None:
+        self._span = span
+        self._token = token
+
+    @_never_raises
+    def end(self, status: int | None, error_type: str | None = None) -> None:
+        """The answer went out with `status` (None: none did, `error_type` says why)."""
+        otel_context.detach(self._token)  # type: ignore[arg-type]
+        span = self._span
+        if status is not None:
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:  # a 4xx is the client's doing: not the server span's error
+                error_type = error_type or str(status)
+        if error_type is not None:
+            span.set_attribute("error.type", error_type)
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+
+@_never_raises
+def start_server_span(
+    method: str,
+    route: str | None,
+    path: str | None,
+    address: tuple[str, int],
+    carrier: Mapping[str, str],
+    protocol_version: str | None = None,
+) -> ServerSpan | None:
+    """A SERVER span for an incoming HTTP request (OpenTelemetry's HTTP server conventions),
+    made current; None when no provider is configured.
+
+    `route`: the low-cardinality route, if any; `path`: what `url.path` records (a gateway
+    leaves out what must not be recorded, such as a path prefix); `address`: where the server
+    listens. `carrier`: the request's headers, read for an incoming trace context only
+    (`traceparent`), never recorded.
+    """
+    instruments = _current()
+    if instruments is None:
+        return None
+    from opentelemetry import propagate
+
+    method = method if method in _HTTP_METHODS else "_OTHER"
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "url.scheme": "http",
+        "server.address": address[0],
+        "server.port": address[1],
+    }
+    if route is not None:
+        attributes["http.route"] = route
+    if path is not None:
+        attributes["url.path"] = path
+    if protocol_version is not None:
+        attributes["network.protocol.version"] = protocol_version
+    parent = propagate.extract(carrier)
+    name = f"{'HTTP' if method == '_OTHER' else method}{f' {route}' if route else ''}"
+    span = instruments.tracer.start_span(
+        name, context=parent, kind=SpanKind.SERVER, attributes=attributes
+    )
+    token = otel_context.attach(trace.set_span_in_context(span, parent))
+    return ServerSpan(span, token)

@@ -22,13 +22,15 @@ import logging
 import random
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Literal, Protocol
 
 import aiohttp
+import yarl
 
+from sdkguard import _telemetry
 from sdkguard._decide import BUDGET, CallState, Failure, Phase, classify_sse_error, classify_status
 from sdkguard._decide import say_seconds as _say_seconds
 from sdkguard._policy import Policy
@@ -88,6 +90,9 @@ class Forward:
     headers: list[tuple[str, str]]
     body: bytes
     kind: Kind
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    """The request's model, max_tokens, temperature, top_p and top_k, for telemetry (only
+    when a provider may record; never content)."""
 
     @property
     def name(self) -> str:
@@ -169,6 +174,26 @@ def _events(buf: bytes) -> list[bytes]:
     return events
 
 
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _summarize(call: _Call, event: bytes) -> None:
+    """Telemetry's record of a message_start or message_delta event; a malformed one drops
+    the record, never the relay."""
+    summary = call.summary
+    if summary is None:
+        return
+    try:
+        summary.record_raw(event)
+    except Exception:
+        call.summary = None
+
+
 def _sse_error_type(event: bytes) -> str | None:
     try:
         data = json.loads(sse_data(event) or b"null")
@@ -186,6 +211,14 @@ _STALLS = {
     "stall_progress": Failure(
         "stall_progress", "no content arrived, only pings", True, timeout=True
     ),
+}
+
+
+# Which policy limit each stall is (telemetry's `sdkguard.limit`).
+_STALL_LIMITS = {
+    "stall_response": "response_timeout",
+    "stall_idle": "idle_timeout",
+    "stall_progress": "progress_timeout",
 }
 
 
@@ -326,6 +359,15 @@ class _Call:
     """The upstream's own `error` event was relayed after content."""
     upstream_status: tuple[int, str | None, list[tuple[str, str]]] = (200, None, [])
     attempt_started: float = field(default_factory=time.monotonic)
+    telemetry: _telemetry.CallTelemetry | None = None
+    """The call's spans and metrics: None unless a provider is configured."""
+    summary: StreamProtocol | None = None
+    """With telemetry, for a relayed stream: its message_start and message_delta only (the
+    call's protocol keeps no content), for the usage and the stop reason."""
+    message: Any = None
+    """With telemetry, a whole answer's JSON (its usage)."""
+    error_type: str | None = None
+    """With telemetry: why the call failed, as its span records it."""
 
     def headers(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         return [*headers, (ATTEMPTS_HEADER, str(self.state.attempt))]
@@ -349,6 +391,7 @@ class Relay:
         self.pre_policy: Policy = policy.replace(
             deadline=pre if policy.deadline is None else min(pre, policy.deadline)
         )
+        self.upstream_url = yarl.URL(config.upstream)
 
     async def forward(self, request: Forward, client: Downstream) -> None:
         if request.kind == "pass" or not self.config.policy.enabled:
@@ -364,15 +407,39 @@ class Relay:
             CallState(self.pre_policy, started_at=started),
             StreamProtocol(raw=True, keep_content=request.kind == "converted"),
         )
+        if _telemetry.may_record():
+            call.telemetry = self._call_telemetry(request)
+        if call.telemetry is None:
+            await self._attempts(call, attempt)
+            return
+        try:
+            await self._attempts(call, attempt)
+        except BaseException as err:  # the client left, or the proxy stops
+            call.error_type = call.error_type or type(err).__qualname__
+            raise
+        finally:
+            call.telemetry.finished(self._delivered(call), error_type=call.error_type)
+
+    async def _attempts(
+        self, call: _Call, attempt: Callable[[_Call, Watchdog], Awaitable[_Failed | None]]
+    ) -> None:
+        """Attempts until the client has its answer."""
         while True:
             call.attempt_started = time.monotonic()
-            failed = await self._attempt(call, attempt)
+            telemetry = call.telemetry
+            if telemetry is None:
+                failed = await self._attempt(call, attempt)
+            else:
+                with telemetry.attempt(call.state.attempt):
+                    failed = await self._attempt(call, attempt)
             if failed is None:
                 self._succeeded(call)
                 return
             if failed.failure.timeout:
                 self.stats.stalls += 1
             if failed.committed:
+                if call.telemetry is not None:
+                    self._lost_after_content(call, failed)
                 await self._after_content(call, failed)
                 return
             if not await self._retry(call, failed):
@@ -441,7 +508,7 @@ class Relay:
 
     async def _send(self, call: _Call) -> aiohttp.ClientResponse:
         request = call.request
-        return await self.upstream.send(
+        response = await self.upstream.send(
             request.method,
             request.path,
             request.query,
@@ -449,6 +516,9 @@ class Relay:
             request.body,
             self.config.policy.connect_timeout,
         )
+        if call.telemetry is not None:
+            call.telemetry.response(response.headers, response.status)
+        return response
 
     async def _read_body(self, response: aiohttp.ClientResponse, watchdog: Watchdog) -> bytes:
         parts = []
@@ -470,6 +540,8 @@ class Relay:
             if status >= 400:
                 failure = self._status_failure(response)
                 return _Failed(failure, answer=(status, response.reason, headers, body))
+            if call.telemetry is not None:
+                call.message = _json_object(body)
             await call.client.answer(status, response.reason, call.headers(headers), body)
             return None
         finally:
@@ -540,6 +612,8 @@ class Relay:
                 released = protocol.hold(kind, event)
                 if released is not None:
                     watchdog.content_arrived()
+                    if call.telemetry is not None:
+                        self._content_began(call, released)
                     if not converting:
                         status, reason, headers = call.upstream_status
                         await client.start(status, reason, call.headers(headers))
@@ -594,8 +668,12 @@ class Relay:
                 call.stop_sent = True
             elif kind == "error":
                 call.api_error = True
+                if call.telemetry is not None:
+                    call.error_type = _sse_error_type(event) or "unknown_error"
             if kind in ("message_delta", "message_stop"):
                 call.protocol.record_raw(event)
+                if kind == "message_delta" and call.summary is not None:
+                    _summarize(call, event)
 
     async def _write(self, watchdog: Watchdog, client: Downstream, data: bytes) -> None:
         watchdog.writing = True
@@ -613,6 +691,13 @@ class Relay:
             self.stats.failures += 1
         elif policy.retry_budget and BUDGET.refund(call.state.refund(), policy.budget_capacity):
             logger.info("the retry budget is refilled: failing calls are retried again")
+        if call.telemetry is not None:
+            if call.api_error:  # the upstream's own error event, relayed after content
+                call.telemetry.attempt_failed(
+                    call.error_type or "unknown_error", None, None, stall=None
+                )
+            else:
+                call.telemetry.attempt_succeeded()
 
     async def _retry(self, call: _Call, failed: _Failed) -> bool:
         """Wait and go on (True), or give the client the last answer (False)."""
@@ -621,6 +706,11 @@ class Relay:
         decision = call.state.decide(failure, now=now, rand=random.random())
         wait = decision.wait if decision.retry else None
         call.state = call.state.record(failure, now - call.attempt_started, wait, decision.cost)
+        if call.telemetry is not None:
+            if wait is None:
+                call.error_type = failure.reason
+            stall = _STALL_LIMITS.get(failure.reason)
+            call.telemetry.attempt_failed(failure.reason, None, wait, stall=stall)
         if decision.retry:
             self.stats.retries += 1
             if call.stream_began:
@@ -728,6 +818,51 @@ class Relay:
             await client.end()
         except ClientGone:
             pass
+
+    # -- telemetry (only when a provider is configured) -----------------------------------------
+
+    def _call_telemetry(self, request: Forward) -> _telemetry.CallTelemetry | None:
+        name = "messages.count_tokens" if request.kind == "counted" else "messages.create"
+        return _telemetry.start_call(
+            lambda: name,
+            request.fields,
+            self.upstream_url,
+            stream=request.kind == "stream",
+            sdk_call=None,
+        )
+
+    def _content_began(self, call: _Call, released: list[bytes]) -> None:
+        """The commit point: for a relayed stream, its first chunk, and what the telemetry
+        keeps of the message (message_start: the id, the model, the input usage)."""
+        if call.request.kind != "stream" or call.telemetry is None:
+            return
+        call.telemetry.first_chunk()
+        call.summary = StreamProtocol(raw=True)
+        for event in released:
+            if sse_event_name(event) in ("message_start", "message_delta"):
+                _summarize(call, event)
+
+    def _lost_after_content(self, call: _Call, failed: _Failed) -> None:
+        """The attempt failed once content had reached the client (a message already whole
+        loses nothing: `_after_content` counts it a success)."""
+        if call.telemetry is None or call.protocol.whole(api_error=call.api_error):
+            return
+        failure = failed.failure
+        call.error_type = failure.reason
+        stall = _STALL_LIMITS.get(failure.reason)
+        call.telemetry.attempt_failed(failure.reason, None, None, stall=stall)
+
+    @staticmethod
+    def _delivered(call: _Call) -> Any:
+        """The message as far as the client got it, as JSON: for its usage and stop reason."""
+        try:
+            if call.request.kind == "converted":
+                return call.protocol.message_data()
+            if call.summary is not None:
+                return call.summary.message_data()
+        except Exception:  # telemetry never breaks a relay
+            return None
+        return call.message
 
     # -- everything else -------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
+from sdkguard import _telemetry
 from sdkguard.proxy._config import ProxyConfig
 from sdkguard.proxy._relay import ClientGone, Forward, Kind, ProxyStats, Relay, error_body
 from sdkguard.proxy._upstream import Upstream, forwardable
@@ -32,6 +33,8 @@ COUNT_TOKENS = "/v1/messages/count_tokens"
 _PARSE_IN_THREAD = 1024 * 1024
 # Claude Code's anthropic-beta list is long; aiohttp's default header limit (8 KiB) is tight.
 _MAX_HEADER_BYTES = 64 * 1024
+# What telemetry records of a request body: scalars that say how the call was made, no content.
+_TELEMETRY_FIELDS = ("model", "max_tokens", "temperature", "top_p", "top_k")
 
 
 class _Refused(Exception):
@@ -154,6 +157,37 @@ class ProxyServer:
     # -- requests ------------------------------------------------------------------------------
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if not _telemetry.may_record():
+            return await self._serve(request)
+        span = self._server_span(request)
+        status: int | None = None
+        error_type: str | None = None
+        try:
+            response = await self._serve(request)
+            status = response.status
+            return response
+        except BaseException as err:  # the client left (cancelled), or the proxy stops
+            error_type = type(err).__qualname__
+            raise
+        finally:
+            if span is not None:
+                span.end(status, error_type)
+
+    def _server_span(self, request: web.BaseRequest) -> _telemetry.ServerSpan | None:
+        """The SERVER span of one request (OpenTelemetry's HTTP server conventions). Its path
+        is the forwarded one, without the client's path prefix (it may name a team or hold a
+        token), nor the query; no header value is recorded."""
+        path = request.rel_url.raw_path
+        at = path.find("/v1/")
+        forwarded = path[at:] if at >= 0 else ("/" if path == "/" else None)
+        route = forwarded if forwarded in (MESSAGES, COUNT_TOKENS) else None
+        version = f"{request.version.major}.{request.version.minor}"
+        address = (self.config.host, self.port)
+        return _telemetry.start_server_span(
+            request.method, route, forwarded, address, request.headers, version
+        )
+
+    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.rel_url.raw_path
         at = path.find("/v1/")
         if at < 0:
@@ -185,7 +219,7 @@ class ProxyServer:
     async def _forward(self, request: web.BaseRequest, upstream_path: str) -> web.StreamResponse:
         assert self._relay is not None
         body = await self._read_body(request)
-        kind, body = await self._kind(request.method, upstream_path, body)
+        kind, body, fields = await self._kind(request.method, upstream_path, body)
         headers = [
             (name, value)
             for name, value in forwardable(request.headers.items())
@@ -194,7 +228,13 @@ class ProxyServer:
         # Uncompressed, so that the relay sees the events (loopback to the client anyway).
         headers.append(("accept-encoding", "identity"))
         forward = Forward(
-            request.method, upstream_path, request.rel_url.raw_query_string, headers, body, kind
+            request.method,
+            upstream_path,
+            request.rel_url.raw_query_string,
+            headers,
+            body,
+            kind,
+            fields,
         )
         client = _Client(request)
         with contextlib.suppress(ClientGone):
@@ -233,29 +273,37 @@ class ProxyServer:
     def _too_large(limit: int) -> str:
         return f"the request body is larger than max_request_bytes ({limit:,} bytes)"
 
-    async def _kind(self, method: str, path: str, body: bytes) -> tuple[Kind, bytes]:
-        """How to forward: only Messages POSTs and count_tokens are guarded."""
+    async def _kind(
+        self, method: str, path: str, body: bytes
+    ) -> tuple[Kind, bytes, dict[str, Any]]:
+        """How to forward: only Messages POSTs and count_tokens are guarded. With the body,
+        and what telemetry records of it (only when a provider may record)."""
         if method != "POST" or path not in (MESSAGES, COUNT_TOKENS):
-            return "pass", body
-        if path == COUNT_TOKENS:
-            return "counted", body
+            return "pass", body, {}
+        recording = _telemetry.may_record()
+        if path == COUNT_TOKENS and not recording:
+            return "counted", body, {}
         try:
             if len(body) > _PARSE_IN_THREAD:
                 data = await asyncio.to_thread(json.loads, body)
             else:
                 data = json.loads(body)
         except ValueError:
-            return "pass", body  # the API says what is wrong with it
+            # The API says what is wrong with it.
+            return ("counted" if path == COUNT_TOKENS else "pass"), body, {}
         if not isinstance(data, dict):
-            return "pass", body
+            return ("counted" if path == COUNT_TOKENS else "pass"), body, {}
+        fields = {k: data[k] for k in _TELEMETRY_FIELDS if k in data} if recording else {}
+        if path == COUNT_TOKENS:
+            return "counted", body, fields
         if data.get("stream") is True:
-            return "stream", body
+            return "stream", body, fields
         if not self.config.policy.stream_plain_calls:
-            return "whole", body
+            return "whole", body, fields
         # Sent as a stream, so that silence is noticed and a failure at any point restarts it;
         # the client gets the JSON message rebuilt from the events.
         data["stream"] = True
-        return "converted", json.dumps(data, ensure_ascii=False).encode()
+        return "converted", json.dumps(data, ensure_ascii=False).encode(), fields
 
 
 class RunningProxy:
