@@ -13,8 +13,8 @@ environment is reused while its inputs (Python, requirements, pyproject.toml) ar
 Then the suite runs in it with pytest-xdist. A summary is printed, and each cell's result is
 kept in `.cache/matrix/results.json` with a digest of the sources it tested. Once every cell of
 the design has a result of the current sources (from this run or earlier ones), the
-compatibility table of README.md (between its marker comments) is rewritten from them. See
-docs/compatibility.md.
+compatibility table of docs/compatibility.md (between its marker comments) is rewritten from
+them. See that page.
 
 Exit status: 0 when every cell passed, 1 when a cell failed, 2 when a cell could not be built.
 """
@@ -42,7 +42,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "matrix"
-README = REPO / "README.md"
+# The page that shows the compatibility table, between its markers.
+PAGE = REPO / "docs" / "compatibility.md"
 
 # The releases users run: instructor pins 0.93.0 (the oldest supported), langchain-anthropic
 # needs >= 0.120 (0.125.0, the last of the httpx era), pydantic-ai >= 1.15 (httpx2, the SDK's
@@ -556,7 +557,7 @@ def _merge_locked(path: Path, results: list[CellResult]) -> dict[str, CellResult
     return recorded
 
 
-# -- the README table ---------------------------------------------------------------------------
+# -- the compatibility table --------------------------------------------------------------------
 
 
 def table(results: list[CellResult], date: str) -> str:
@@ -589,7 +590,7 @@ def table(results: list[CellResult], date: str) -> str:
         "each (the rest skipped where a package or an SDK feature is absent"
         f"{_flaky_note(results)}). A blank cell is "
         "not in the covering design "
-        "([docs/compatibility.md](docs/compatibility.md)); a framework or instrumentation "
+        "([the design](#the-design-11-of-20-cells)); a framework or instrumentation "
         "is listed with the releases where its tests ran and passed.",
     ]
     return "\n".join(lines)
@@ -621,7 +622,7 @@ def _union(mappings: Any) -> str:
 def replace_table(text: str, new_table: str) -> str:
     start, end = text.find(TABLE_START), text.find(TABLE_END)
     if start < 0 or end < start:
-        raise BuildError(f"README.md has no {TABLE_START} ... {TABLE_END} markers")
+        raise BuildError(f"{PAGE} has no {TABLE_START} ... {TABLE_END} markers")
     return text[: start + len(TABLE_START)] + "\n" + new_table + "\n" + text[end:]
 
 
@@ -667,14 +668,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--table",
         action="store_true",
-        help="run nothing: write README.md's table from the results recorded earlier",
+        help="run nothing: write docs/compatibility.md's table from the results recorded earlier",
     )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the environments")
     parser.add_argument(
         "--check-readme",
         action="store_true",
-        help="when the design is complete, say (without failing) whether README.md's table is "
-        "the one generated from the results, instead of rewriting it",
+        help="when the design is complete, say (without failing) whether docs/compatibility.md's "
+        "table is the one generated from the results, instead of rewriting it",
     )
     parser.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --)")
     return parser.parse_args(argv)
@@ -761,22 +762,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         date = datetime.date.today().isoformat()
         new_table = table(design_results, date)
         (CACHE / "compatibility.md").write_text(new_table + "\n")
-        text = README.read_text()
+        text = PAGE.read_text()
         if args.check_readme:
             same = _rows(current_table(text)) == _rows(new_table)
             log(
-                "README.md's compatibility table is what this run generated"
+                "docs/compatibility.md's table is what this run generated"
                 if same
-                else "README.md's compatibility table differs from this run's "
-                "(.cache/matrix/compatibility.md): run `make matrix` and commit README.md"
+                else "docs/compatibility.md's table differs from this run's "
+                "(.cache/matrix/compatibility.md): run `make matrix` and commit the page"
             )
         elif all(r.ok for r in design_results):
-            README.write_text(replace_table(text, new_table))
-            log("README.md: compatibility table rewritten from the results of the design")
+            PAGE.write_text(replace_table(text, new_table))
+            log("docs/compatibility.md: table rewritten from the results of the design")
     elif results or args.table:
         log(
             f"{len(design_results)} of {len(pairs)} cells of the design have results of these "
-            "sources: README.md's table is left as it is"
+            "sources: docs/compatibility.md's table is left as it is"
         )
     return 1 if failed else 0
 

@@ -4,7 +4,7 @@
     python tools/soak.py --calls 400          # the short version CI runs
     python tools/soak.py --memory-calls 10000 # memory over a long run (RSS and tracemalloc)
     python tools/soak.py --memory-calls 10000 --unguarded   # the same, the SDK alone
-    python tools/soak.py --readme README.md   # write the figures into the README's tables
+    python tools/soak.py --readme docs/proof.md   # write the figures into the proof page's tables
 
 Calls are mixed: sync and async; `create(stream=True)`, `create()`, `messages.stream()` read
 event by event and with `get_final_message()` only. The fake server (`sdkguard.testing`, on
@@ -73,7 +73,7 @@ MODE_NAMES = {
 }
 # The policy under test: the defaults, with every limit scaled down so that 2,000 calls take
 # a minute, not hours. The retry budget is off unless --retry-budget: 30% of requests failing
-# is an outage by its measure, and the soak measures recovery (see README, Retry budget).
+# is an outage by its measure, and the soak measures recovery (see docs/policy.md, Retry budget).
 POLICY: dict[str, Any] = {
     "max_attempts": 5,
     "backoff_initial": 0.02,
@@ -1130,7 +1130,9 @@ def main(argv: list[str] | None = None) -> int:
         " grows (without pings_only_after, on which the SDK alone waits for ever; calls that"
         " fail outside sdkguard's contract are expected, counted and not judged)",
     )
-    parser.add_argument("--readme", type=Path, help="write the figures into this README")
+    parser.add_argument(
+        "--readme", type=Path, help="write the figures into this page (docs/proof.md)"
+    )
     parser.add_argument("--json", type=Path, help="write the figures as JSON")
     args = parser.parse_args(argv)
     if args.unguarded:
