@@ -1,5 +1,5 @@
-"""Run every benchmark and write benchmarks/RESULTS.md, the chart, and the README's headline
-figures (`make bench`).
+"""Run every benchmark and write benchmarks/RESULTS.md, the chart, and the headline figures of
+docs/benchmarks.md (`make bench`).
 
     .venv/bin/python benchmarks/run.py                          # everything, 10 to 20 minutes
     .venv/bin/python benchmarks/run.py --quick --out /tmp/b     # smoke run (make bench-smoke)
@@ -100,12 +100,13 @@ def results_md(found: dict[str, dict[str, Any]]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-README = HERE.parent / "README.md"
-README_START, README_END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+# The site's benchmarks page (docs/benchmarks.md) shows the headline figures between these markers.
+PAGE = HERE.parent / "docs" / "benchmarks.md"
+PAGE_START, PAGE_END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 
 
-def readme_block(found: dict[str, dict[str, Any]]) -> str:
-    """The headline figures for the README's benchmark section (between its markers)."""
+def page_block(found: dict[str, dict[str, Any]]) -> str:
+    """The headline figures for the benchmarks page (between its markers)."""
     headlines = {h["figure"]: h for data in found.values() for h in data["headlines"]}
     rows = [
         [h["figure"], h["goal"], h["result"], status_cell(h["status"])]
@@ -115,22 +116,22 @@ def readme_block(found: dict[str, dict[str, Any]]) -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     return "\n\n".join(
         [
-            README_START,
+            PAGE_START,
             f"Last run {when}: {machine['cpus']} CPUs, load average {machine['load_before'][0]} "
             f"at the start; {machine['python']}, anthropic {machine['anthropic']}.",
             md_table(["figure", "goal", "result", "verdict"], rows),
-            README_END,
+            PAGE_END,
         ]
     )
 
 
-def update_readme(found: dict[str, dict[str, Any]]) -> None:
-    """Rewrite the README's block of headline figures, if it has the markers."""
-    text = README.read_text()
-    start, end = text.find(README_START), text.find(README_END)
+def update_page(found: dict[str, dict[str, Any]]) -> None:
+    """Rewrite the benchmarks page's block of headline figures, if it has the markers."""
+    text = PAGE.read_text()
+    start, end = text.find(PAGE_START), text.find(PAGE_END)
     if start < 0 or end < start:
         return
-    README.write_text(text[:start] + readme_block(found) + text[end + len(README_END) :])
+    PAGE.write_text(text[:start] + page_block(found) + text[end + len(PAGE_END) :])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         render(found["resilience"]["timelines"], found["resilience"]["sizes"], args.out / CHART)
     (args.out / "RESULTS.md").write_text(results_md(found))
     if args.out.resolve() == HERE and not args.quick:
-        update_readme(found)
+        update_page(found)
     print(f"\nwrote {args.out / 'RESULTS.md'} and {args.out / CHART} after {seconds / 60:.1f} min")
     return 0
 
