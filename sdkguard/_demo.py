@@ -468,6 +468,7 @@ class _Otlp:
     """None: OTEL_METRICS_EXPORTER=none."""
     tracer_provider: Any
     meter_provider: Any
+    service_name: str = _SERVICE_NAME
     sent: int = 0
     """Spans the endpoint accepted."""
     failed: int = 0
@@ -485,7 +486,7 @@ class _Otlp:
             if not self.failed
             else f"OpenTelemetry: {self.failed} of {total} spans NOT sent to {self.traces_url}"
         )
-        line += f" (service.name {_SERVICE_NAME})"
+        line += f" (service.name {self.service_name})"
         if self.metrics_url is not None:
             line += f"; metrics to {self.metrics_url}"
         return line
@@ -500,8 +501,9 @@ def _otlp_base(url: str) -> str:
     return base
 
 
-def _start_otlp(url: str) -> _Otlp:
-    """SDK tracer and meter providers exporting over OTLP/HTTP, set as the global providers.
+def _start_otlp(url: str, service_name: str = _SERVICE_NAME) -> _Otlp:
+    """SDK tracer and meter providers exporting over OTLP/HTTP, set as the global providers
+    (for `sdkguard demo --otlp` and `sdkguard proxy --otlp`).
 
     Raises `_OtlpMissing` when opentelemetry-sdk or the exporter package is not installed.
     """
@@ -531,7 +533,7 @@ def _start_otlp(url: str) -> _Otlp:
 
     base = _otlp_base(url)
     metrics_off = os.environ.get("OTEL_METRICS_EXPORTER", "").strip().lower() == "none"
-    resource = Resource.create({SERVICE_NAME: _SERVICE_NAME})
+    resource = Resource.create({SERVICE_NAME: service_name})
     tracer_provider = TracerProvider(resource=resource)
     meter_provider = (
         None
@@ -546,7 +548,11 @@ def _start_otlp(url: str) -> _Otlp:
         )
     )
     otlp = _Otlp(
-        f"{base}/v1/traces", None if metrics_off else f"{base}/v1/metrics", tracer_provider, None
+        f"{base}/v1/traces",
+        None if metrics_off else f"{base}/v1/metrics",
+        tracer_provider,
+        None,
+        service_name,
     )
     spans: SpanExporter = OTLPSpanExporter(endpoint=otlp.traces_url, timeout=5.0)
 

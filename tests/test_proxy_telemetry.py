@@ -9,6 +9,11 @@ sdkguard NOT installed and with its own tracing off, so every span is the proxy'
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +32,7 @@ from sdkguard import _telemetry
 from sdkguard._decide import BUDGET
 from sdkguard.testing import FakeAnthropic, faults
 from tests.helpers import WITHOUT_SDK_TRACING, use_global_providers
+from tests.test_demo_otlp import EXPORTER, MISSING, Collector
 
 pytest.importorskip("aiohttp")
 
@@ -229,7 +235,8 @@ def test_a_plain_call_with_a_529_first(
     assert message.content[0].type == "text" and message.content[0].text == HELLO
     _, call, (first, second) = the_tree(otel)
     call_attrs = attrs(call)
-    assert call_attrs["gen_ai.request.stream"] is False  # as the client asked (sent as a stream)
+    # Sent as a stream: recorded as the stream it is, as the library records a converted call.
+    assert call_attrs["gen_ai.request.stream"] is True
     assert call_attrs["gen_ai.usage.input_tokens"] == 10
     assert call_attrs["gen_ai.usage.output_tokens"] == message.usage.output_tokens
     assert call_attrs["gen_ai.response.id"] == message.id
@@ -239,8 +246,8 @@ def test_a_plain_call_with_a_529_first(
         "status_529",
     )
     assert attrs(second)["sdkguard.outcome"] == "success"
-    # A plain call has no first chunk; its metrics are the call's.
-    assert otel.points("gen_ai.client.operation.time_to_first_chunk") == []
+    (first_chunk,) = otel.points("gen_ai.client.operation.time_to_first_chunk")
+    assert first_chunk.count == 1
     (duration,) = otel.points("gen_ai.client.operation.duration")
     assert duration.count == 1
 
@@ -352,3 +359,77 @@ def test_no_provider_no_telemetry(server: FakeAnthropic, proxy: RunningProxy) ->
         assert read_stream(client) == HELLO
     assert recorded.spans() == [] and _telemetry._current() is None
     assert proxy.stats.retries == 1
+
+
+# -- sdkguard proxy --otlp ------------------------------------------------------------------------
+
+CLIENT = """
+import json, os, urllib.request
+body = json.dumps({"model": "claude-test", "max_tokens": 64, "stream": True,
+                   "messages": [{"role": "user", "content": "secret prompt text"}]}).encode()
+request = urllib.request.Request(
+    os.environ["ANTHROPIC_BASE_URL"] + "/v1/messages", body,
+    {"content-type": "application/json", "x-api-key": "sk-ant-otlp-test-key"},
+)
+with urllib.request.urlopen(request, timeout=20) as answer:
+    print(answer.status, answer.read().count(b"event: content_block_delta"))
+"""
+
+
+@contextlib.contextmanager
+def running_collector() -> Iterator[Collector]:
+    collector = Collector()
+    thread = threading.Thread(target=collector.server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield collector
+    finally:
+        collector.server.shutdown()
+        collector.server.server_close()
+        thread.join(5)
+
+
+def test_the_command_exports_over_otlp(server: FakeAnthropic, tmp_path: Any) -> None:
+    pytest.importorskip(EXPORTER, reason=MISSING)
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    server.script(faults.reset_before_headers(), faults.ok())
+    env = {name: value for name, value in os.environ.items() if not name.startswith("OTEL_")}
+    with running_collector() as collector:
+        argv = [sys.executable, "-m", "sdkguard", "proxy", "--upstream", server.url]
+        argv += ["--backoff-initial", "0.01", "--otlp", collector.url]
+        argv += ["--log-file", str(tmp_path / "proxy.log"), "--", sys.executable, "-c", CLIENT]
+        result = subprocess.run(
+            argv,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=45,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.startswith("200 ")
+        assert f"OpenTelemetry: 4 spans sent to {collector.url}/v1/traces" in result.stderr
+        assert "(service.name sdkguard-proxy)" in result.stderr
+        spans, services = [], set()
+        for post in collector.traces():
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(post.body)
+            for resource_spans in request.resource_spans:
+                services |= {
+                    a.value.string_value
+                    for a in resource_spans.resource.attributes
+                    if a.key == "service.name"
+                }
+                for scope_spans in resource_spans.scope_spans:
+                    spans.extend(scope_spans.spans)
+        assert any(post.path == "/v1/metrics" for post in collector.posts)
+    assert services == {"sdkguard-proxy"}
+    assert sorted(span.name for span in spans) == [
+        "POST /v1/messages",
+        "chat claude-test",
+        "sdkguard.attempt",
+        "sdkguard.attempt",
+    ]

@@ -85,6 +85,15 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="PATH",
         help="with a COMMAND: where the log goes (default: a new file in the temp directory)",
     )
+    proxy.add_argument(
+        "--otlp",
+        default=None,
+        metavar="URL",
+        help="export the proxy's traces and metrics over OTLP/HTTP to URL, such as "
+        "http://127.0.0.1:4318 (URL/v1/traces, URL/v1/metrics); service.name sdkguard-proxy "
+        "unless OTEL_SERVICE_NAME says otherwise. Needs pip install 'sdkguard[otel]'. Without "
+        "it, a provider that opentelemetry-instrument configures is used",
+    )
     limits = proxy.add_argument_group("limits")
     limits.add_argument(
         "--max-request-bytes",
@@ -221,8 +230,31 @@ def _proxy(args: argparse.Namespace) -> int:
             "anyone who can reach this machine on that port",
             file=sys.stderr,
         )
+    if args.otlp is None:
+        return _serve_or_wrap(config, command, args.log_file)
+    from sdkguard._demo import _OTLP_PACKAGE, _OtlpMissing, _start_otlp
+
+    try:
+        otlp = _start_otlp(args.otlp, "sdkguard-proxy")
+    except _OtlpMissing as error:
+        print(
+            f"{PROG}: --otlp needs the package {error}; install it with pip install "
+            f"{_OTLP_PACKAGE} opentelemetry-sdk, or pip install 'sdkguard[otel]'",
+            file=sys.stderr,
+        )
+        return 2
+    except RuntimeError as error:
+        print(f"{PROG}: --otlp: {error}", file=sys.stderr)
+        return 2
+    try:
+        return _serve_or_wrap(config, command, args.log_file)
+    finally:
+        print(f"{PROG}: {otlp.finish()}", file=sys.stderr, flush=True)
+
+
+def _serve_or_wrap(config: ProxyConfig, command: list[str], log_file: str | None) -> int:
     if command:
-        return _wrap(config, command, args.log_file)
+        return _wrap(config, command, log_file)
     _log_to(logging.StreamHandler(sys.stderr))
     try:
         asyncio.run(serve_until_signal(config, announce=True))

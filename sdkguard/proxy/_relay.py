@@ -827,16 +827,18 @@ class Relay:
             lambda: name,
             request.fields,
             self.upstream_url,
-            stream=request.kind == "stream",
+            stream=request.kind in ("stream", "converted"),  # as the library records it
             sdk_call=None,
         )
 
     def _content_began(self, call: _Call, released: list[bytes]) -> None:
-        """The commit point: for a relayed stream, its first chunk, and what the telemetry
+        """The commit point: the first chunk, and for a relayed stream what the telemetry
         keeps of the message (message_start: the id, the model, the input usage)."""
-        if call.request.kind != "stream" or call.telemetry is None:
+        if call.telemetry is None:
             return
         call.telemetry.first_chunk()
+        if call.request.kind != "stream":
+            return  # a converted call's protocol keeps the message
         call.summary = StreamProtocol(raw=True)
         for event in released:
             if sse_event_name(event) in ("message_start", "message_delta"):
