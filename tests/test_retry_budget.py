@@ -59,7 +59,11 @@ def test_with_the_budget_an_outage_costs_a_tenth_more_requests(
         errors = outage(server, answer, 1000)
     assert len(server.requests) == 1000 + 100
     assert len(server.requests) / 1000 <= 1.1
-    assert all(type(err) is error_type for err in errors)
+    assert all(type(err) is error_type for err in errors), [
+        (i, repr(err), getattr(err, "__notes__", None))
+        for i, err in enumerate(errors)
+        if type(err) is not error_type
+    ][:3]
     # Once the bucket is empty, a call fails at its first attempt and says why.
     last = errors[-1]
     assert [note.split(":")[0] for note in last.__notes__] == ["attempt 1 of 5", "sdkguard gave up"]
