@@ -53,6 +53,7 @@ import argparse
 import asyncio
 import ctypes
 import gc
+import itertools
 import json
 import os
 import pstats
@@ -626,7 +627,19 @@ async def _held(job: dict[str, Any]) -> dict[str, float]:
     }
 
 
-async def _batch(clients: Sequence[anthropic.AsyncAnthropic], n: int) -> int:
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped by full accept queues (every listener of the
+    machine): each costs its client a SYN retransmission, a second or more."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in itertools.pairwise(lines):
+        if names.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split(), strict=True))["ListenOverflows"])
+    return 0
+
+
+async def _batch(clients: Sequence[anthropic.AsyncAnthropic], n: int) -> tuple[int, list[str]]:
+    """`n` streams at once, read to the end: the events read, and the streams that failed."""
+
     async def one(client: anthropic.AsyncAnthropic) -> int:
         count = 0
         async with await client.messages.create(stream=True, **MESSAGE) as stream:
@@ -634,15 +647,28 @@ async def _batch(clients: Sequence[anthropic.AsyncAnthropic], n: int) -> int:
                 count += 1
         return count
 
-    return sum(await asyncio.gather(*(one(clients[i % len(clients)]) for i in range(n))))
+    found = await asyncio.gather(
+        *(one(clients[i % len(clients)]) for i in range(n)), return_exceptions=True
+    )
+    failed = [_error_name(x) for x in found if isinstance(x, BaseException)]
+    return sum(x for x in found if isinstance(x, int)), failed
 
 
-async def _concurrent(job: dict[str, Any]) -> dict[str, float]:
+def _error_name(error: BaseException) -> str:
+    """The exception and its causes: `APIConnectionError <- ReadError <- ReadError`."""
+    names = []
+    while error is not None and len(names) < 5:
+        names.append(type(error).__name__)
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    return " <- ".join(names)
+
+
+async def _concurrent(job: dict[str, Any]) -> dict[str, Any]:
     target, n = job["target"], job["streams"]
     pids = target["pids"]
     per_client = min(n, STREAMS_PER_CLIENT)
     clients = [_async_client(target, per_client) for _ in range(-(-n // per_client))]
-    expected = n * (SMALL_DELTAS + FRAMING_EVENTS)
+    per_stream = SMALL_DELTAS + FRAMING_EVENTS
     peak = {"threads": 0, "rss_kb": 0}
 
     async def watch() -> None:
@@ -654,28 +680,36 @@ async def _concurrent(job: dict[str, Any]) -> dict[str, float]:
 
     try:
         idle = proc_status(pids) if pids else {"Threads": 0, "VmRSS": 0}
+        overflows = listen_overflows()
         started = time.perf_counter()
-        first = await _batch(clients, n)  # untimed: opens every connection
+        first, first_failed = await _batch(clients, n)  # untimed: opens every connection
         first_wall = time.perf_counter() - started
+        first_overflows = listen_overflows() - overflows
         gc.collect()
         watcher = asyncio.create_task(watch()) if pids else None
         proxy_before = cpu_seconds(pids) if pids else 0.0
+        overflows = listen_overflows()
         wall, cpu = time.perf_counter(), time.process_time()
-        events = await _batch(clients, n)
+        events, failed = await _batch(clients, n)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        overflows = listen_overflows() - overflows
         if watcher is not None:
             watcher.cancel()
         proxy_cpu = settle_cpu(pids) - proxy_before if pids else 0.0
     finally:
         for client in clients:
             await client.close()
-    if events != expected or first != expected:
-        raise RuntimeError(f"{first} and {events} events delivered, expected {expected}")
+    for delivered, lost in ((first, first_failed), (events, failed)):
+        if delivered != (n - len(lost)) * per_stream:
+            raise RuntimeError(f"{delivered} events delivered by {n - len(lost)} streams")
     return {
         "wall": wall,
         "cpu": cpu,
         "first_wall": first_wall,
         "events": events,
+        "failed": [*first_failed, *failed],
+        "listen_overflows": overflows,
+        "first_listen_overflows": first_overflows,
         "proxy_cpu": proxy_cpu,
         "idle_threads": idle["Threads"],
         "peak_threads": peak["threads"],
@@ -823,7 +857,7 @@ def measure(sizes: Sizes, mode: str, args: argparse.Namespace, out: Out) -> Resu
 
         derive(results)
         if any(h.status == "not met" for h in results.headlines[:3]) and not (
-            args.no_profile or args.proxy_command
+            args.no_profile or args.proxy_command or mode == "quick"
         ):
             out(
                 f"\nprofiling the sdkguard proxy (cProfile, {PROFILE_STREAMS} streams of "
@@ -1131,6 +1165,16 @@ def derive(results: Results) -> None:
         "idle_rss_mb": statistics.median(x["idle_rss_kb"] for x in conc[SDKGUARD]) / 1024,
         "peak_rss_mb": statistics.median(x["peak_rss_kb"] for x in conc[SDKGUARD]) / 1024,
         "no_thread_per_stream": peak_threads - idle_threads <= THREADS_SLACK,
+        "failed": {n: sum(len(x["failed"]) for x in v) for n, v in conc.items()},
+        "failures": sorted({e for x in conc[SDKGUARD] for e in x["failed"]}),
+        "samples": {n: len(v) for n, v in conc.items()},
+        "listen_overflows": {
+            n: {
+                "first_batch": statistics.median(x["first_listen_overflows"] for x in v),
+                "timed_batch": statistics.median(x["listen_overflows"] for x in v),
+            }
+            for n, v in conc.items()
+        },
     }
     results.goals = goals
     results.headlines = headlines(results)
@@ -1157,7 +1201,7 @@ def headlines(results: Results) -> list[Headline]:
             + (
                 f" vs LiteLLM +{lite['paired_median']:.2f} ms: x{share.value:.3f}"
                 if share and lite
-                else f" (LiteLLM {skipped})"
+                else f" (LiteLLM: {skipped})"
             ),
             share.status if share else "-",
         )
@@ -1194,7 +1238,7 @@ def headlines(results: Results) -> list[Headline]:
             + (
                 f" vs LiteLLM {paced[LITELLM]['median']:.1f} us: x{cshare.value:.3f}"
                 if cshare
-                else f" (LiteLLM {skipped})"
+                else f" (LiteLLM: {skipped})"
             )
             + lite_full
             + (
@@ -1223,11 +1267,14 @@ def headlines(results: Results) -> list[Headline]:
             "proxy: concurrency",
             f"{sizes.streams:,} concurrent async streams through one `sdkguard proxy` vs direct: "
             "time, the proxy's threads",
-            "no thread per stream",
+            "no thread per stream, no stream lost",
             f"x{c['wall']['paired_median']:.2f} wall ({c['wall_s'][SDKGUARD]:.2f} vs "
             f"{c['wall_s'][DIRECT]:.2f} s); proxy threads {c['idle_threads']} -> "
-            f"{c['peak_threads']}",
-            "met" if c["no_thread_per_stream"] else "not met",
+            f"{c['peak_threads']}; streams failed {c['failed'][SDKGUARD]} through, "
+            f"{c['failed'][DIRECT]} direct (of {2 * sizes.streams * c['samples'][DIRECT]:,} each)",
+            "met"
+            if c["no_thread_per_stream"] and c["failed"][SDKGUARD] <= c["failed"][DIRECT]
+            else "not met",
         )
     )
     return rows
@@ -1240,6 +1287,20 @@ def _cmp(c: dict[str, float], fmt: str) -> str:
     return (
         f"{fmt.format(c['paired_median'])} per-round median (by min {fmt.format(c['by_min'])}, "
         f"by median {fmt.format(c['by_median'])})"
+    )
+
+
+def _failures(c: dict[str, Any]) -> str:
+    overflows = c["listen_overflows"]
+    return (
+        f"streams failed: {c['failed'][SDKGUARD]} through the proxy"
+        + (f" ({'; '.join(c['failures'])})" if c["failures"] else "")
+        + f", {c['failed'][DIRECT]} direct; connections dropped by full accept queues "
+        "(/proc/net/netstat ListenOverflows, the whole machine), median per sample: first "
+        f"batch {overflows[SDKGUARD]['first_batch']:.0f} through, "
+        f"{overflows[DIRECT]['first_batch']:.0f} direct; timed batch "
+        f"{overflows[SDKGUARD]['timed_batch']:.0f} through, "
+        f"{overflows[DIRECT]['timed_batch']:.0f} direct"
     )
 
 
@@ -1290,7 +1351,7 @@ def report(results: Results, out: Out) -> None:
         f"{c['first_batch_s'][SDKGUARD]:.2f} vs {c['first_batch_s'][DIRECT]:.2f} s; proxy CPU "
         f"{c['proxy_cpu_s']:.2f} s ({c['proxy_cpu_per_stream_us']:.0f} us per stream); proxy "
         f"threads {c['idle_threads']} idle, {c['peak_threads']} at the peak; proxy RSS "
-        f"{c['idle_rss_mb']:.0f} -> {c['peak_rss_mb']:.0f} MB"
+        f"{c['idle_rss_mb']:.0f} -> {c['peak_rss_mb']:.0f} MB; {_failures(c)}"
     )
     if results.litellm.get("skipped"):
         out(f"LiteLLM: {results.litellm['skipped']}")
@@ -1298,7 +1359,7 @@ def report(results: Results, out: Out) -> None:
         out(f"  => GOAL {goal.line('{:.4f}')}")
     for h in results.headlines:
         if h.figure == "proxy: concurrency":
-            out(f"  => no thread per stream: {h.status.upper()} ({h.result})")
+            out(f"  => no thread per stream, no stream lost: {h.status.upper()} ({h.result})")
     if results.profile:
         out("\n".join(["profile of the sdkguard proxy:", *results.profile]))
     out(f"the run took {results.seconds:.0f} s")
@@ -1367,9 +1428,10 @@ def markdown(results: Results) -> str:
         f"({sizes.deltas + SENT_EVENTS_EXTRA:,}, one HTTP chunk each, but at full speed a "
         "proxy's read gets several):",
         md_table(stream_header, stream_rows("long")),
-        f"**(c) A {sizes.paced_deltas:,}-delta stream, a read per event**: the fake server "
-        f"pauses {PACE * 1e3:.0f} ms inside each event's chunk, so each event reaches the proxy "
-        f"on its own, as the API's do; {sizes.paced_rounds} interleaved rounds, medians. "
+        f"**(c) A {sizes.paced_deltas:,}-delta stream, a read per event**: the fake server's "
+        f"answer replayed one send per event, {PACE * 1e3:.0f} ms before each, so each event "
+        "reaches the proxy on its own, as the API's do (`--paced-server`); "
+        f"{sizes.paced_rounds} interleaved rounds, medians. "
         "`relay` is a reference: a bare asyncio byte relay (`--bare-relay`: no HTTP parsing, "
         "nothing held), the least a proxy on Python's asyncio spends per read:",
         md_table(stream_header, stream_rows("paced")),
@@ -1387,7 +1449,7 @@ def markdown(results: Results) -> str:
         f"The proxy: {c['proxy_cpu_s']:.2f} s of CPU ({c['proxy_cpu_per_stream_us']:.0f} us per "
         f"stream), {c['idle_threads']} threads idle and {c['peak_threads']} at the peak "
         f"({'no' if c['no_thread_per_stream'] else '**a**'} thread per stream), RSS "
-        f"{c['idle_rss_mb']:.0f} -> {c['peak_rss_mb']:.0f} MB.",
+        f"{c['idle_rss_mb']:.0f} -> {c['peak_rss_mb']:.0f} MB. {_failures(c).capitalize()}.",
     ]
     if goals:
         parts.append("Goals:\n\n" + goals)
