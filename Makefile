@@ -1,7 +1,8 @@
 # Two commands do all the set-up: `make demo` and `make test`.
 # Both (re)build .venv when it is missing or older than pyproject.toml: `make demo` installs
-# only the package (seconds), `make test` the `dev` and `docs` dependency groups (PEP 735) as
-# well (the suite builds the documentation site and opens it in a browser: tests/test_docs_site.py).
+# the package and its proxy extra (seconds), `make test` the `dev` and `docs` dependency groups
+# (PEP 735) as well (the suite builds the documentation site and opens it in a browser:
+# tests/test_docs_site.py).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -18,10 +19,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --group dev --group docs -e .
 	@touch $(STAMP)
 
-# The demo needs the package alone (the fake server is part of it), so any pip will do.
-$(DEMO_STAMP): pyproject.toml
+# The demo needs the package (the fake server is part of it) and its proxy extra (aiohttp, a few
+# MB) for the proxy's rows, so any pip will do. It installs no npm client: it runs Claude Code
+# only when `make real-clients` or the user installed it, else the TypeScript SDK, curl, Python.
+$(DEMO_STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[proxy]'
 	@touch $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP)

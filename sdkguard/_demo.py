@@ -37,7 +37,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "the first attempt only. Prints a table; exits 0 when every guarded call ended "
             "as expected (and, with --otlp, the endpoint took every span)."
         ),
-        epilog="rows: " + ", ".join(row.name for row in _ROWS),
+        epilog="rows: " + ", ".join(row.name for row in _all_rows()),
     )
     demo.add_argument(
         "--fast",
@@ -62,17 +62,33 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             f"opentelemetry-sdk and {_OTLP_PACKAGE}: pip install 'sdkguard[otel]'"
         ),
     )
+    demo.add_argument(
+        "--client",
+        choices=("auto", "claude", "typescript", "curl", "python"),
+        default="auto",
+        help=(
+            "the client the proxy rows run (default auto: Claude Code when installed, by make "
+            "real-clients or on PATH, else the TypeScript SDK from make real-clients, else "
+            "curl, else a few lines of Python with urllib)"
+        ),
+    )
     demo.set_defaults(handler=_demo)
+
+
+def _all_rows() -> tuple[_Row, ...]:
+    from sdkguard._demo_proxy import ROWS
+
+    return _ROWS + ROWS
 
 
 def _row_names(value: str) -> list[str]:
     names = [part.strip() for part in value.split(",") if part.strip()]
-    known = {row.name for row in _ROWS}
+    known = {row.name for row in _all_rows()}
     unknown = [name for name in names if name not in known]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
             f"unknown row {', '.join(unknown) or repr(value)}; rows: "
-            + ", ".join(row.name for row in _ROWS)
+            + ", ".join(row.name for row in _all_rows())
         )
     return names
 
@@ -94,6 +110,10 @@ class _Bounds:
     ping_interval: float
     policy: Mapping[str, Any]
     """The guarded side's `sdkguard.install(...)` fields."""
+    client_cut: float = 4.0
+    """The demo stops waiting for a client alone on a silent stream after this."""
+    client_watchdog: float = 20.0
+    """... and for any other client run after this (a slow start, a client's own retries)."""
 
 
 _NORMAL = _Bounds(
@@ -127,6 +147,8 @@ _FAST = _Bounds(
         "progress_timeout": 0.35,
         "deadline": 5.0,
     },
+    client_cut=2.0,
+    client_watchdog=10.0,
 )
 
 Mode = Literal["create", "final"]
@@ -229,6 +251,8 @@ class _Outcome:
     text: str
     error: str = ""
     logs: list[str] = field(default_factory=list)
+    detail: str = ""
+    """The cell's words, when set (a client that is not the SDK)."""
 
 
 class _Probe:
@@ -630,7 +654,9 @@ def _cell(side: str, row: _Row, outcome: _Outcome) -> tuple[str, list[str]]:
     tries = f"{outcome.tries} {'try' if outcome.tries == 1 else 'tries'}"
     head = f"{_LABELS[outcome.status]:<8}{outcome.seconds:5.1f} s  {tries}"
     tokens = outcome.tokens
-    if outcome.status == "ok":
+    if outcome.detail:
+        detail = outcome.detail
+    elif outcome.status == "ok":
         detail = "complete message"
         if side == "plain" and outcome.tries > 1:
             detail += " (the SDK's own retry)"
@@ -702,7 +728,9 @@ def _policy_call(fields: Mapping[str, Any], width: int, indent: str) -> list[str
     return lines
 
 
-def _header(out: TextIO, style: _Style, bounds: _Bounds, otlp: _Otlp | None = None) -> None:
+def _header(
+    out: TextIO, style: _Style, bounds: _Bounds, otlp: _Otlp | None = None, *, table: bool = True
+) -> None:
     import anthropic
 
     read = f"{bounds.plain_read:g}"
@@ -726,6 +754,8 @@ def _header(out: TextIO, style: _Style, bounds: _Bounds, otlp: _Otlp | None = No
         lines.append(f"  traces   the guarded calls, OTLP/HTTP to {otlp.traces_url}")
     lines.append("")
     out.write("\n".join(lines) + "\n")
+    if not table:
+        return
     titles = (
         _pad("fault (first attempt only)", _FAULT_WIDTH)
         + _GAP
@@ -760,11 +790,20 @@ def _footer(out: TextIO, bounds: _Bounds) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from sdkguard import _demo_proxy
     from sdkguard.testing import faults
 
     bounds = _FAST if args.fast else _NORMAL
     wanted = {name for names in args.only for name in names}
     rows = [row for row in _ROWS if not wanted or row.name in wanted]
+    client_rows = [row for row in _demo_proxy.ROWS if not wanted or row.name in wanted]
+    client: _demo_proxy.Client | None = None
+    if client_rows and not _demo_proxy.proxy_missing():
+        found = _demo_proxy.find_client(args.client)
+        if isinstance(found, str):
+            print(f"sdkguard demo: --client {args.client}: {found}", file=sys.stderr)
+            return 2
+        client = found
     otlp: _Otlp | None = None
     if args.otlp:
         try:
@@ -781,12 +820,13 @@ def _demo(args: argparse.Namespace) -> int:
             return 2
     out = sys.stdout
     style = _Style(out)
-    _header(out, style, bounds, otlp)
+    _header(out, style, bounds, otlp, table=bool(rows))
     started = time.monotonic()
     unexpected: list[str] = []
     totals = {"plain": 0.0, "guarded": 0.0}
     exported = ""
     elapsed = 0.0
+    section = _demo_proxy.Section()
     try:
         with _installed(bounds.policy):
             for number, row in enumerate(_ROWS, 1):
@@ -807,18 +847,24 @@ def _demo(args: argparse.Namespace) -> int:
                 if style.tty:
                     out.write("\r\033[K")
                 _print_row(out, style, number, row, bounds, plain, guarded, as_expected)
+        if rows:
+            _footer(out, bounds)
+        if client_rows:
+            first = len(_ROWS) + 1
+            section = _demo_proxy.run_section(out, style, bounds, client_rows, first, client)
     finally:
         elapsed = time.monotonic() - started
         if otlp is not None:
             exported = otlp.finish()
-    _footer(out, bounds)
     if otlp is not None:
         out.write("\n" + style.paint(exported, "1;31" if otlp.failed else "2") + "\n")
-    good = len(rows) - len(unexpected)
+    unexpected += section.unexpected
+    total = len(rows) + section.rows
+    good = total - len(unexpected)
     summary = (
-        f"{good} of {len(rows)} guarded calls ended as expected "
-        f"(plain calls {totals['plain']:.1f} s, guarded calls {totals['guarded']:.1f} s, "
-        f"demo {elapsed:.1f} s)"
+        f"{good} of {total} guarded calls ended as expected "
+        f"(plain calls {totals['plain'] + section.alone_seconds:.1f} s, guarded calls "
+        f"{totals['guarded'] + section.proxied_seconds:.1f} s, demo {elapsed:.1f} s)"
     )
     if unexpected:
         summary += "; unexpected: " + ", ".join(unexpected)

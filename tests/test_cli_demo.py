@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -207,3 +209,164 @@ def test_module_entry_point() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: python -m sdkguard demo")
     assert "--fast" in result.stdout and "silent-stream" in result.stdout
+    assert "proxy-silent-stream" in result.stdout and "--client" in result.stdout
+
+
+# -- the proxy's rows: a client that is not Python, alone and through sdkguard proxy -------------
+
+CLIENT_ROWS = ["proxy-silent-stream", "proxy-reset-before-content"]
+
+
+def parse_client_rows(out: str) -> dict[str, Row]:
+    """The proxy section's rows, by row name."""
+    assert "sdkguard proxy: a client that is not Python" in out, out
+    section = out.split("sdkguard proxy: a client that is not Python")[1].split("Notes\n")[0]
+    names = {i: row.name for i, row in enumerate(_demo._all_rows(), 1)}
+    matches = list(ROW.finditer(section))
+    rows: dict[str, Row] = {}
+    for i, m in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(section)
+        rows[names[int(m["number"])]] = Row(
+            title=m["title"],
+            plain=m["plain"],
+            plain_tries=int(m["plain_tries"]),
+            plain_seconds=float(m["plain_s"]),
+            guarded=m["guarded"],
+            guarded_tries=int(m["guarded_tries"]),
+            block=section[m.start() : end],
+        )
+    return rows
+
+
+def run_client_rows(
+    capsys: pytest.CaptureFixture[str], client: str, *only: str
+) -> tuple[int, str, dict[str, Row]]:
+    code = main(["demo", "--fast", "--client", client, "--only", ",".join(only or CLIENT_ROWS)])
+    out = capsys.readouterr().out
+    return code, out, parse_client_rows(out)
+
+
+def nothing_installed(monkeypatch: pytest.MonkeyPatch, tmp_path: Any, *tools: str) -> None:
+    """No npm client installed, and only `tools` on PATH."""
+    from sdkguard import _demo_proxy
+
+    monkeypatch.setattr(_demo_proxy, "_install_dirs", lambda: [])
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in tools:
+        found = shutil.which(tool)
+        assert found is not None
+        (bin_dir / tool).symlink_to(found)
+    monkeypatch.setenv("PATH", str(bin_dir))
+
+
+def test_a_python_client_alone_and_through_the_proxy(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, rows = run_client_rows(capsys, "python")
+    assert code == 0, out
+    assert "client   a tiny Python client (urllib, not the anthropic SDK): as --client asked" in out
+    assert "the Python client alone" in out and "through sdkguard proxy" in out
+    assert list(rows) == CLIENT_ROWS
+
+    silent = rows["proxy-silent-stream"]
+    assert silent.title == "stream goes silent" and "stall_after(2)" in silent.block
+    assert (silent.plain, silent.plain_tries, silent.guarded, silent.guarded_tries) == (
+        "STUCK",
+        1,
+        "ok",
+        2,
+    )
+    alone = column(silent.block, "plain")
+    assert "still waiting after 2 s at 0 tokens, no error: the demo stopped it" in alone
+    assert "urlopen without a timeout waits forever" in alone
+    assert column(silent.block, "guarded").endswith("complete message")
+    assert re.search(
+        r"^ +WARNING sdkguard\.proxy: POST /v1/messages: the stream went silent; retrying in "
+        r"[\d.]+ m?s \(attempt 2 of 5\)$",
+        silent.block,
+        re.MULTILINE,
+    )
+
+    reset = rows["proxy-reset-before-content"]
+    assert (reset.plain, reset.plain_tries, reset.guarded, reset.guarded_tries) == (
+        "FAILED",
+        1,
+        "ok",
+        2,
+    )
+    assert "ConnectionResetError" in column(reset.block, "plain")
+    assert "WARNING sdkguard.proxy: POST /v1/messages: connection reset by peer" in reset.block
+    assert "With Claude Code installed (make real-clients, or claude on PATH)" in out
+    assert "2 of 2 guarded calls ended as expected" in out
+    assert "plain SDK" not in out, "no library table when only the proxy's rows run"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not on PATH")
+def test_curl_alone_and_through_the_proxy(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, rows = run_client_rows(capsys, "curl")
+    assert code == 0, out
+    assert re.search(r"^  client   curl [\d.]+: as --client asked$", out, re.MULTILINE)
+    outcomes = {
+        name: (r.plain, r.plain_tries, r.guarded, r.guarded_tries) for name, r in rows.items()
+    }
+    assert outcomes == {
+        "proxy-silent-stream": ("STUCK", 1, "ok", 2),
+        "proxy-reset-before-content": ("FAILED", 1, "ok", 2),
+    }
+    assert "curl has no read timeout" in column(rows["proxy-silent-stream"].block, "plain")
+    assert "curl: (" in column(rows["proxy-reset-before-content"].block, "plain")
+
+
+def test_auto_without_any_client_uses_python(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    nothing_installed(monkeypatch, tmp_path)
+    code, out, rows = run_client_rows(capsys, "auto", "proxy-reset-before-content")
+    assert code == 0, out
+    client = " ".join(out.split("  client   ")[1].split("  call")[0].split())
+    assert client == (
+        "a tiny Python client (urllib, not the anthropic SDK): Claude Code is not installed here "
+        "(make real-clients installs it, with the TypeScript SDK, into .cache/real-clients: "
+        "420 MB from npm, and the demo then runs Claude Code), and curl is not on PATH"
+    )
+    reset = rows["proxy-reset-before-content"]
+    assert (reset.plain, reset.guarded, reset.guarded_tries) == ("FAILED", "ok", 2)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not on PATH")
+def test_auto_with_curl_only_uses_curl_and_says_how_to_get_claude_code(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    nothing_installed(monkeypatch, tmp_path, "curl")
+    code, out, rows = run_client_rows(capsys, "auto", "proxy-reset-before-content")
+    assert code == 0, out
+    assert re.search(r"^  client   curl [\d.]+: Claude Code is not installed here", out, re.M)
+    assert "make real-clients installs it" in out
+    assert rows["proxy-reset-before-content"].guarded == "ok"
+
+
+def test_a_client_that_is_not_there_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    nothing_installed(monkeypatch, tmp_path)
+    code = main(["demo", "--fast", "--client", "claude", "--only", "proxy-silent-stream"])
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "", "nothing runs"
+    assert captured.err.startswith("sdkguard demo: --client claude: Claude Code is not installed")
+    assert "make real-clients" in captured.err
+
+
+@pytest.mark.real_clients
+def test_claude_code_when_installed(capsys: pytest.CaptureFixture[str]) -> None:
+    from sdkguard import _demo_proxy
+
+    if isinstance(_demo_proxy.find_client("claude"), str):
+        pytest.skip("Claude Code is not installed (make real-clients)")
+    code, out, rows = run_client_rows(capsys, "auto", "proxy-reset-before-content")
+    assert code == 0, out
+    assert re.search(r"^  client   Claude Code [\d.]*: installed ", out, re.MULTILINE), out
+    assert "Claude Code alone" in out
+    reset = rows["proxy-reset-before-content"]
+    assert (reset.guarded, reset.guarded_tries) == ("ok", 2)
+    # Claude Code retries a reset itself: its own retry, or an error; never a hang.
+    assert reset.plain in ("ok", "FAILED")
