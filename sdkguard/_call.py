@@ -134,6 +134,12 @@ class GuardedCall:
         """An attempt's result, unless the SDK handed back a body that is not JSON as text."""
         return _sdk.checked(self._unsettled().cast_to, result)
 
+    def continue_with(self, body: Any) -> None:
+        """The next attempts send `body`, a continuation request (with a key of its own)."""
+        self.sdk = self._unsettled().with_body(body)
+        self._idempotency_key = None
+        self._first_attempt_options = None
+
     def settle(self) -> None:
         """No attempt follows: keep the call's name, drop the request."""
         self._name = self.name
@@ -220,8 +226,13 @@ class GuardedCall:
         *,
         committed: bool = False,
         partial: Callable[[], Any] | None = None,
+        continuation: Callable[[], str | None] | None = None,
     ) -> Step:
-        """The step after attempt `self.state.attempt` raised `err`."""
+        """The step after attempt `self.state.attempt` raised `err`.
+
+        `continuation` (`resume` on): after the commit point, whether the message can be
+        continued (None) or why not; a continuation is an attempt like any retry.
+        """
         failure = self.classify(err, phase)
         if failure is None:  # not the network's or the API's doing: leave it exactly as raised
             if self.telemetry is not None:
@@ -233,8 +244,14 @@ class GuardedCall:
             # The transport's limit was the deadline's remainder: name the deadline, not the
             # stall limit it stood in for.
             failure = _deadline_failure(phase)
-        if committed:
-            decision = Decision(False, why_not="content had already reached the caller")
+        why_not_continued = None
+        if committed and continuation is not None and failure.retryable:
+            why_not_continued = continuation()
+        if committed and (continuation is None or why_not_continued is not None):
+            why_not = "content had already reached the caller"
+            if why_not_continued is not None:
+                why_not += f", and the message is not continued: {why_not_continued}"
+            decision = Decision(False, why_not=why_not)
         elif failure.reason == "deadline":
             decision = Decision(False, why_not=f"the deadline ({self.policy.deadline:g} s) passed")
         else:
@@ -243,13 +260,15 @@ class GuardedCall:
         self.state = self.state.record(failure, duration, wait, decision.cost)
         if self.telemetry is not None:
             stall = _STALL_LIMITS.get(failure.reason)
-            self.telemetry.attempt_failed(failure.reason, err, wait, stall=stall)
+            self.telemetry.attempt_failed(
+                failure.reason, err, wait, stall=stall, continued=committed and wait is not None
+            )
             if wait is None:
                 self.telemetry.finished(_partial_or_none(partial), error_type=failure.reason)
         if decision.retry:
             if failure.reason == "stall_response" and self.unconverted is not None:
                 self._fall_back()
-            self._announce(failure, err, decision.wait, now)
+            self._announce(failure, err, decision.wait, now, continued=committed)
             return Step(wait=decision.wait)
         return Step(error=self._give_up(err, failure, decision, committed, partial))
 
@@ -279,10 +298,20 @@ class GuardedCall:
         # A transport timer may fire a clock tick early.
         return remaining is not None and remaining < _DEADLINE_TOLERANCE
 
-    def _announce(self, failure: Failure, err: BaseException, wait: float, now: float) -> None:
+    def _announce(
+        self,
+        failure: Failure,
+        err: BaseException,
+        wait: float,
+        now: float,
+        *,
+        continued: bool = False,
+    ) -> None:
         attempt, max_attempts = self.state.attempt, self.policy.max_attempts
         logger.warning(
-            "%s: %s; retrying in %s (attempt %d of %d)",
+            "%s: continuing after %s; next attempt in %s (attempt %d of %d)"
+            if continued
+            else "%s: %s; retrying in %s (attempt %d of %d)",
             self.name,
             failure.description,
             say_seconds(wait),
@@ -299,6 +328,7 @@ class GuardedCall:
                 error=err,
                 wait=wait,
                 elapsed=now - self.state.started_at,
+                continued=continued,
             )
             for hook in self.policy.on_retry:
                 try:

@@ -218,26 +218,37 @@ class Splicer:
 
     `blocks`: how many blocks were delivered; `open_text`: the text of the last one when it is
     a text block whose `content_block_stop` was not delivered (the interrupted block), else
-    None; `stripped`: whitespace the prefill took off; `prior`: the usage of the attempts
-    before (`prior_usage`).
+    None; `last_text`: the text of the last block delivered when it is a finished text block
+    (a continuation that begins a new text block repeating its tail has the tail removed,
+    and a new block with nothing else is dropped); `stripped`: whitespace the prefill took
+    off; `prior`: the usage of the attempts before (`prior_usage`).
     """
 
     __slots__ = (
         "buffer",
         "closed",
         "index_map",
+        "last_text",
         "merging",
         "next_index",
         "open_index",
         "open_text",
+        "pending",
         "prior",
         "start_usage",
         "stripped",
     )
 
     def __init__(
-        self, *, blocks: int, open_text: str | None, stripped: str, prior: Mapping[str, int]
+        self,
+        *,
+        blocks: int,
+        open_text: str | None,
+        stripped: str,
+        prior: Mapping[str, int],
+        last_text: str = "",
     ) -> None:
+        self.last_text = last_text
         self.next_index = blocks
         self.open_index = blocks - 1 if open_text is not None and blocks else None
         self.open_text = open_text or ""
@@ -249,6 +260,9 @@ class Splicer:
         being compared with the delivered text (`buffer`)."""
         self.buffer: str | None = None
         self.closed = self.open_index is None
+        self.pending: tuple[dict[str, Any], str] | None = None
+        """The continuation's first block, a text block after a finished one: held until it
+        has text (the whitespace a prefill took off aside), dropped if it has none."""
         self.start_usage: dict[str, Any] = {}
         """The continuation's usage as its `message_start` said (its input)."""
 
@@ -261,6 +275,8 @@ class Splicer:
             return []
         if kind == "content_block_start":
             return self._block_start(data)
+        if self.pending is not None:
+            return self._pending(data)
         if kind == "content_block_delta":
             return self._delta(data)
         if kind == "content_block_stop":
@@ -298,7 +314,40 @@ class Splicer:
             self.buffer = block.get("text") or ""
             return self._settle(final=False)
         out = self._close_open() if not self.closed else []
+        if index == 0 and block.get("type") == "text" and not block.get("text"):
+            self.pending = (dict(data), "")
+            return out
         return [*out, {**data, "index": self._mapped(index)}]
+
+    def _pending(self, data: Mapping[str, Any]) -> list[dict[str, Any]]:
+        assert self.pending is not None
+        start, text = self.pending
+        kind, index = data.get("type"), data.get("index", 0)
+        delta = data.get("delta") or {}
+        if kind == "content_block_delta" and index == 0 and delta.get("type") == "text_delta":
+            text += delta.get("text") or ""
+            cut = overlap(self.last_text, self.stripped, text, final=False)
+            if cut is None or not text[cut:]:
+                self.pending = (start, text)
+                return []
+            return self._unpend(start, text[cut:])
+        if kind == "content_block_stop" and index == 0:
+            cut = overlap(self.last_text, self.stripped, text, final=True) or 0
+            if not text[cut:]:
+                self.pending = None
+                return []  # a block with nothing new: dropped
+            return [*self._unpend(start, text[cut:]), *self.feed(data)]
+        cut = overlap(self.last_text, self.stripped, text, final=True) or 0
+        return [*self._unpend(start, text[cut:]), *self.feed(data)]
+
+    def _unpend(self, start: dict[str, Any], text: str) -> list[dict[str, Any]]:
+        self.pending = None
+        new = self._mapped(0)
+        out = [{**start, "index": new}]
+        if text:
+            delta = {"type": "text_delta", "text": text}
+            out.append({"type": "content_block_delta", "index": new, "delta": delta})
+        return out
 
     def _delta(self, data: Mapping[str, Any]) -> list[dict[str, Any]]:
         index = data.get("index", 0)
@@ -339,29 +388,30 @@ class Holder:
     """Holds back blocks that are not text until the message goes on past them.
 
     Fed each event's type and the type of the block a `content_block_start` begins; answers
-    whether to deliver the event now, hold it, or deliver everything held and then it.
+    whether to deliver the event now (`PASS`), hold it (`HOLD`), or deliver everything held
+    and then it (`RELEASE`): at the first delta of a text block that follows them, or at
+    `message_delta`.
     """
 
-    __slots__ = ("holding",)
+    __slots__ = ("holding", "text_began")
 
     HOLD = 0
     PASS = 1
     RELEASE = 2
-    """Deliver what is held, then this event."""
 
     def __init__(self) -> None:
         self.holding = False
+        self.text_began = False
 
     def step(self, kind: str, block_type: str | None = None) -> int:
+        if not self.holding:
+            if kind == "content_block_start" and block_type != "text":
+                self.holding = True
+                return Holder.HOLD
+            return Holder.PASS
         if kind == "content_block_start":
-            if block_type == "text":
-                if self.holding:
-                    self.holding = False
-                    return Holder.RELEASE
-                return Holder.PASS
-            self.holding = True
-            return Holder.HOLD
-        if kind == "message_delta" and self.holding:
-            self.holding = False
+            self.text_began = block_type == "text"
+        elif (kind == "content_block_delta" and self.text_began) or kind == "message_delta":
+            self.holding = self.text_began = False
             return Holder.RELEASE
-        return Holder.HOLD if self.holding else Holder.PASS
+        return Holder.HOLD

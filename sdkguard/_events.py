@@ -25,3 +25,6 @@ class RetryEvent:
     """Seconds sdkguard waits before the next attempt."""
     elapsed: float
     """Seconds since the call started."""
+    continued: bool = False
+    """The failure came after content reached the caller, and the next attempt continues the
+    message (`resume`) rather than starting it again."""

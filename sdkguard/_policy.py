@@ -79,6 +79,10 @@ class Policy:
     tcp_keepalive: tuple[float, float, int] | None = (15.0, 5.0, 3)
     """TCP keepalive (idle s, interval s, probes) on new connections of SDK-built HTTP clients:
     a peer that vanished is noticed after idle + interval * probes seconds (whole seconds)."""
+    resume: bool = False
+    """Streams: after content reached the caller, continue a broken message with a
+    continuation request spliced into the same stream, instead of raising `StreamInterrupted`
+    (see docs/continuation.md)."""
     enabled: bool = True
     """`False` lets every call through untouched without uninstalling."""
     on_retry: tuple[RetryHook, ...] = field(default=(), compare=False)
@@ -126,11 +130,12 @@ _FORMS: dict[str, str] = {
         "'idle,interval,count': seconds (1 to 32767), seconds (1 to 32767), probes (1 to 127), "
         "or off"
     ),
+    "resume": "a boolean (1/0, true/false, yes/no, on/off)",
     "enabled": "a boolean (1/0, true/false, yes/no, on/off)",
     "on_retry": "a tuple of callables (code only)",
 }
 _OPTIONAL = {"connect_timeout", "response_timeout", "idle_timeout", "progress_timeout", "deadline"}
-_BOOLEANS = {"retry_budget", "stream_plain_calls", "enabled"}
+_BOOLEANS = {"retry_budget", "stream_plain_calls", "resume", "enabled"}
 _LOWER_BOUNDS: dict[str, tuple[float, bool]] = {  # field: (bound, inclusive)
     "backoff_initial": (0.0, True),
     "backoff_multiplier": (1.0, True),

@@ -63,6 +63,7 @@ class StreamProtocol:
         "keep_content",
         "message",
         "message_delta",
+        "open_block",
         "raw",
     )
 
@@ -83,6 +84,8 @@ class StreamProtocol:
         self.extras: dict[int, dict[str, Any]] | None = None
         """By index: what a block's other deltas brought (signature, citations, others)."""
         self.message_delta: Any = None
+        self.open_block: int | None = None
+        """The index of the last block started and not stopped (a continuation extends it)."""
 
     # -- events -----------------------------------------------------------------------------
 
@@ -126,6 +129,9 @@ class StreamProtocol:
                 self._extra(event.index).setdefault("other", []).append(_sdk.wire_dict(delta))
         elif kind == "content_block_start":
             self.blocks[event.index] = [_sdk.freeze_block(event.content_block)]
+            self.open_block = event.index
+        elif kind == "content_block_stop":
+            self.open_block = None
         elif kind == "message_start":
             self.message = _sdk.freeze(event.message)
         elif kind == "message_delta":
@@ -137,7 +143,10 @@ class StreamProtocol:
     def record_raw(self, event: bytes) -> None:
         """Record a delivered raw SSE event (after the commit point)."""
         kind = sse_event_name(event)
-        if kind in ("message_stop", "content_block_stop", "ping") or kind is None:
+        if kind == "content_block_stop":
+            self.open_block = None
+            return
+        if kind in ("message_stop", "ping") or kind is None:
             self.complete = self.complete or kind == "message_stop"
             return
         if not self.keep_content:
@@ -161,6 +170,7 @@ class StreamProtocol:
         elif kind == "content_block_start":
             block = data.get("content_block") or {}
             self.blocks[data.get("index", 0)] = [(dict, json.dumps(block).encode())]
+            self.open_block = data.get("index", 0)
         elif kind == "message_start":
             self.message = (dict, json.dumps(data.get("message") or {}).encode())
         elif kind == "message_delta":

@@ -19,8 +19,9 @@ from typing import Any
 import anthropic
 import anyio
 
-from sdkguard import _sdk
-from sdkguard._call import GuardedCall, Step, open_async, open_sync
+from sdkguard import _continuation, _sdk
+from sdkguard._call import GuardedCall, Step, logger, open_async, open_sync
+from sdkguard._continuation import Holder
 from sdkguard._protocol import StreamProtocol
 
 __all__ = [
@@ -46,6 +47,7 @@ class _Guard:
         "outer",
         "protocol",
         "restart_hook",
+        "resume",
         "send",
     )
 
@@ -63,8 +65,10 @@ class _Guard:
         self.closed = False
         """The caller closed the stream: whatever reading it raises now is not retried."""
         self.held_end: _sdk.HeldEnd | None = None
+        self.resume: _Resume | None = None
+        """Set when a broken message is continued (`resume`): see `_Resume`."""
 
-    def prime(self, attempt_stream: Any) -> None:
+    def prime(self, attempt_stream: Any, *, continuing: bool = False) -> None:
         """Prepare a new attempt's stream: body limits, progress watch, its event iterator."""
         call = self.call
         _sdk.set_body_read_timeout(attempt_stream.response, call.body_read_timeout())
@@ -78,7 +82,8 @@ class _Guard:
         outer = None if self.outer is None else self.outer()
         if outer is not None and outer is not attempt_stream:  # `.response` follows the attempt
             outer.response = attempt_stream.response
-        self.protocol.restart()
+        if not continuing:
+            self.protocol.restart()
 
     def committed_to_user(self) -> bool:
         return self.protocol.committed and self.restart_hook is None
@@ -87,7 +92,7 @@ class _Guard:
         """At the commit point: when no restart can follow, let go of what one needed."""
         if self.call.telemetry is not None:
             self.call.telemetry.first_chunk()
-        if self.restart_hook is None:
+        if self.restart_hook is None and self.resume is None:
             self.send = None
             self.outer = None
             self.call.settle()
@@ -109,11 +114,231 @@ class _Guard:
             "body",
             committed=self.committed_to_user(),
             partial=self.protocol.partial_message,
+            continuation=None if self.resume is None else self.resume.plan,
         )
+
+    # -- resume: one message across attempts -------------------------------------------------
+
+    def deliver(self, event: Any, holder: Holder, held: list[Any]) -> Iterator[Any]:
+        """The events to hand on for `event`, with `resume` on: blocks that are not text are
+        held until the message goes past them, and what goes out is recorded."""
+        kind = event.type
+        block_type = event.content_block.type if kind == "content_block_start" else None
+        step = holder.step(kind, block_type)
+        if step == Holder.HOLD:
+            held.append(event)
+            return
+        if step == Holder.RELEASE:
+            held.append(event)
+            batch, held[:] = list(held), []
+        else:
+            batch = [event]
+        protocol = self.protocol
+        for item in batch:
+            if protocol.committed:
+                protocol.record(item)
+                yield item
+                continue
+            released = protocol.hold(item.type, item)
+            if released is not None:
+                self.settle()
+                released.reverse()
+                while released:
+                    yield released.pop()
+
+    def spliced(self, event: Any) -> list[Any]:
+        """A continuation's event as the events of the message being continued."""
+        resume = self.resume
+        assert resume is not None and resume.splicer is not None
+        out = resume.splicer.feed(_sdk.wire_dict(event))
+        return [_sdk.construct(resume.event_class, data) for data in out]
+
+    def continuation_options(self, send: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """`send` for a continuation: prefill first, the user turn at once on its refusal."""
+        resume = self.resume
+        assert resume is not None
+
+        def send_continuation(options: Any) -> Any:
+            return resume.sent(send, options)
+
+        return send_continuation
+
+
+class _Resume:
+    """What continuing one message needs: the original request, what each attempt billed,
+    the splice of the current continuation."""
+
+    __slots__ = (
+        "body",
+        "event_class",
+        "guard",
+        "inputs",
+        "model",
+        "planned",
+        "prefill",
+        "splicer",
+        "user_turn",
+    )
+
+    def __init__(self, guard: _Guard, body: Any, event_class: Any) -> None:
+        self.guard = guard
+        self.body = body
+        self.model = str(body.get("model")) if isinstance(body, dict) else ""
+        self.event_class = event_class
+        self.inputs: list[dict[str, Any]] = []
+        """The input usage of each attempt abandoned so far."""
+        self.splicer: _continuation.Splicer | None = None
+        self.planned: tuple[Any, str, _continuation.Splicer] | None = None
+        self.prefill = False
+        self.user_turn: Any = None
+
+    def plan(self) -> str | None:
+        """Plan the next continuation; None, or why the message cannot be continued."""
+        protocol = self.guard.protocol
+        delivered = protocol.message_data()
+        if delivered is None:
+            return "nothing of the message was recorded"
+        prefill = self.model not in _PREFILL_REFUSED
+        try:
+            body, stripped = _continuation.continuation_body(self.body, delivered, prefill=prefill)
+            user_turn = (
+                _continuation.continuation_body(self.body, delivered, prefill=False)[0]
+                if prefill
+                else body
+            )
+        except _continuation.NotContinued as why:
+            return str(why)
+        start = self.splicer.start_usage if self.splicer is not None else delivered["usage"]
+        inputs = [*self.inputs, start or {}]
+        content = delivered.get("content") or []
+        last = content[-1] if content else None
+        open_text = (
+            last.get("text", "")
+            if last is not None
+            and last.get("type") == "text"
+            and protocol.open_block == max(protocol.blocks, default=-1)
+            else None
+        )
+        last_text = last.get("text", "") if last is not None and last.get("type") == "text" else ""
+        splicer = _continuation.Splicer(
+            blocks=max(protocol.blocks, default=-1) + 1,
+            open_text=open_text,
+            stripped=stripped,
+            prior=_continuation.prior_usage(inputs, delivered),
+            last_text=last_text,
+        )
+        self.planned = (body, stripped, splicer)
+        self.prefill, self.user_turn = prefill, user_turn
+        self.inputs = inputs
+        return None
+
+    def begin(self) -> None:
+        """The planned continuation is the next attempt's request."""
+        assert self.planned is not None
+        body, _, splicer = self.planned
+        self.splicer = splicer
+        self.guard.call.continue_with(body)
+
+    def sent(self, send: Callable[[Any], Any], options: Any) -> Any:
+        if not self.prefill:
+            return send(options)
+        try:
+            return send(options)
+        except anthropic.BadRequestError as err:
+            if not self._refused(err):
+                raise
+        return send(self._without_prefill(options))
+
+    async def sent_async(self, send: Callable[[Any], Awaitable[Any]], options: Any) -> Any:
+        if not self.prefill:
+            return await send(options)
+        try:
+            return await send(options)
+        except anthropic.BadRequestError as err:
+            if not self._refused(err):
+                raise
+        return await send(self._without_prefill(options))
+
+    def _refused(self, err: anthropic.BadRequestError) -> bool:
+        if not _continuation.is_prefill_refusal(400, err.body):
+            return False
+        _PREFILL_REFUSED.add(self.model)
+        logger.info(
+            "%s: %s refuses an assistant prefill; continuing with a user turn (remembered "
+            "for this process)",
+            self.guard.call.name,
+            self.model,
+        )
+        return True
+
+    def _without_prefill(self, options: Any) -> Any:
+        """The same attempt with the user turn in place of the prefill (no attempt spent)."""
+        self.prefill = False
+        assert self.planned is not None
+        _, _, splicer = self.planned
+        splicer.stripped = ""
+        self.guard.call.continue_with(self.user_turn)
+        return _sdk.with_json_body(options, self.user_turn)
+
+
+_PREFILL_REFUSED: set[str] = set()
+"""Models seen refusing an assistant prefill, for the life of the process."""
 
 
 class _SyncGuard(_Guard):
     __slots__ = ()
+
+    def resuming_events(self) -> Iterator[Any]:
+        """`events` with `resume` on: a break after content is continued in the same stream."""
+        protocol, call, resume = self.protocol, self.call, self.resume
+        assert resume is not None
+        try:
+            while True:
+                inner = self.inner
+                holder, held = Holder(), list[Any]()
+                try:
+                    for event in inner:
+                        if resume.splicer is None:
+                            yield from self.deliver(event, holder, held)
+                            continue
+                        for item in self.spliced(event):
+                            yield from self.deliver(item, holder, held)
+                    if not protocol.complete:
+                        raise _sdk.IncompleteStream
+                except Exception as err:
+                    inner.close()
+                    if self.closed:  # the caller closed the stream: not a failure
+                        raise
+                    if protocol.whole(isinstance(err, anthropic.APIStatusError)):
+                        call.succeeded(message=self.final_message())
+                        return
+                    step = self.failed(err)
+                    if step.error is not None:
+                        yield from protocol.take_held()
+                        if step.error is err:
+                            raise
+                        raise step.error from err
+                else:
+                    call.succeeded(message=self.final_message())
+                    return
+                time.sleep(step.wait)
+                if self.committed_to_user():
+                    self._continue()
+                else:
+                    resume.splicer = None
+                    self._restart()
+        finally:
+            self.inner.close()
+            self.ended()
+
+    def _continue(self) -> None:
+        assert self.resume is not None and self.send is not None
+        self.resume.begin()
+        send = self.send
+        resume = self.resume
+        attempt_stream = open_sync(self.call, lambda options: resume.sent(send, options))
+        self.prime(attempt_stream, continuing=True)
+        self.inner = _sdk.own_iterator(attempt_stream)
 
     def events(self) -> Iterator[Any]:
         protocol, call = self.protocol, self.call
@@ -188,6 +413,61 @@ class _SyncGuard(_Guard):
 
 class _AsyncGuard(_Guard):
     __slots__ = ()
+
+    async def resuming_events(self) -> AsyncIterator[Any]:
+        """`resuming_events` of the sync guard, for the async client."""
+        protocol, call, resume = self.protocol, self.call, self.resume
+        assert resume is not None
+        try:
+            while True:
+                inner = self.inner
+                holder, held = Holder(), list[Any]()
+                try:
+                    async for event in inner:
+                        items = [event] if resume.splicer is None else self.spliced(event)
+                        for item in items:
+                            for out in self.deliver(item, holder, held):
+                                yield out
+                    if not protocol.complete:
+                        raise _sdk.IncompleteStream
+                except Exception as err:
+                    await inner.aclose()
+                    if self.closed:  # the caller closed the stream: not a failure
+                        raise
+                    if protocol.whole(isinstance(err, anthropic.APIStatusError)):
+                        call.succeeded(message=self.final_message())
+                        return
+                    step = self.failed(err)
+                    if step.error is not None:
+                        for item in protocol.take_held():
+                            yield item
+                        if step.error is err:
+                            raise
+                        raise step.error from err
+                else:
+                    call.succeeded(message=self.final_message())
+                    return
+                await anyio.sleep(step.wait)
+                if self.committed_to_user():
+                    await self._continue()
+                else:
+                    resume.splicer = None
+                    await self._restart()
+        finally:
+            await self.inner.aclose()
+            self.ended()
+
+    async def _continue(self) -> None:
+        assert self.resume is not None and self.send is not None
+        self.resume.begin()
+        send, resume = self.send, self.resume
+
+        async def send_continuation(options: Any) -> Any:
+            return await resume.sent_async(send, options)
+
+        attempt_stream = await open_async(self.call, send_continuation)
+        self.prime(attempt_stream, continuing=True)
+        self.inner = _sdk.own_iterator(attempt_stream)
 
     async def events(self) -> AsyncIterator[Any]:
         protocol, call = self.protocol, self.call
@@ -317,7 +597,7 @@ def _adopt(
         )
     if guard_of(result) is not None:
         return result
-    _guard(guard_class, call, result, send)
+    _guard(guard_class, call, result, send, resume=True)
     _end_spans_when_dropped(result, call)
     return result
 
@@ -327,11 +607,19 @@ def _guard(
     call: GuardedCall,
     stream: Any,
     send: Callable[[Any], Any],
+    *,
+    resume: bool = False,
 ) -> _Guard:
     """Put a guard between `stream` and whoever reads it."""
     guard = guard_class(call, stream, send)
     guard.prime(stream)
-    guard.inner = _sdk.take_iterator(stream, GuardedEvents(guard, guard.events()))
+    events: Any
+    if resume and call.policy.resume and call.sdk is not None:
+        guard.resume = _Resume(guard, call.sdk.body(), _sdk.event_class(stream))
+        events = guard.resuming_events()
+    else:
+        events = guard.events()
+    guard.inner = _sdk.take_iterator(stream, GuardedEvents(guard, events))
     return guard
 
 

@@ -289,6 +289,7 @@ def test_holder_holds_blocks_that_are_not_text() -> None:
         holder.step("content_block_delta"),
         holder.step("content_block_stop"),
         holder.step("content_block_start", "text"),
+        holder.step("ping"),
         holder.step("content_block_delta"),
         holder.step("content_block_stop"),
         holder.step("content_block_start", "tool_use"),
@@ -297,4 +298,4 @@ def test_holder_holds_blocks_that_are_not_text() -> None:
         holder.step("message_stop"),
     ]
     p, h, r = Holder.PASS, Holder.HOLD, Holder.RELEASE
-    assert steps == [p, h, h, h, r, p, p, h, h, r, p]
+    assert steps == [p, h, h, h, h, h, r, p, h, h, r, p]

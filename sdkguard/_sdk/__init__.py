@@ -33,7 +33,15 @@ from sdkguard._sdk.errors import (
     request_of,
 )
 from sdkguard._sdk.keepalive import apply_keepalive, keepalive_socket_options, restore_keepalive
-from sdkguard._sdk.models import Frozen, construct, freeze, freeze_block, thaw, wire_dict
+from sdkguard._sdk.models import (
+    Frozen,
+    construct,
+    freeze,
+    freeze_block,
+    thaw,
+    wire_dict,
+    with_json_body,
+)
 from sdkguard._sdk.plain import is_sse
 from sdkguard._sdk.release import (
     SDK_VERSION,
@@ -49,6 +57,7 @@ from sdkguard._sdk.release import (
 from sdkguard._sdk.streams import (
     HeldEnd,
     adapt_stream,
+    event_class,
     hold_stream_end,
     http_response_of,
     is_event_stream,
@@ -82,6 +91,7 @@ __all__ = [
     "construct",
     "enter_attempt",
     "error_type",
+    "event_class",
     "freeze",
     "freeze_block",
     "hold_stream_end",
@@ -114,4 +124,5 @@ __all__ = [
     "unsupported",
     "watch_progress",
     "wire_dict",
+    "with_json_body",
 ]

@@ -17,6 +17,7 @@ import anthropic
 from anthropic import _base_client
 
 from sdkguard._sdk import plain
+from sdkguard._sdk.models import copy_model
 from sdkguard._sdk.release import http, request_method
 
 MESSAGE_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
@@ -169,6 +170,11 @@ class SdkCall:
             plain_stream_cls=None,
             answer_options=self.options,
         )
+
+    def with_body(self, body: Any) -> SdkCall:
+        """This call with another JSON body (a continuation request), `extra_body` included."""
+        options = copy_model(self.options, {"json_data": body, "extra_json": None})
+        return dataclasses.replace(self, options=options, idempotency_key=None)
 
     @property
     def name(self) -> str:

@@ -66,3 +66,8 @@ def wire_dict(model: Any) -> dict[str, Any]:
 def construct(model_class: type, data: dict[str, Any]) -> Any:
     """An SDK model built from plain data as the SDK builds a response (no validation)."""
     return _models.construct_type(type_=model_class, value=data)
+
+
+def with_json_body(options: Any, body: Any) -> Any:
+    """An attempt's request options with another JSON body (`extra_body` folded in it)."""
+    return copy_model(options, {"json_data": body, "extra_json": None})

@@ -250,3 +250,8 @@ def replace_iterator(stream: Any, iterator: Any) -> None:
     generator not started yet), from 2.0 a cached property not read yet.
     """
     stream.__dict__["_iterator"] = iterator
+
+
+def event_class(stream: Any) -> Any:
+    """The type a stream parses its events into (a union of the SDK's event models)."""
+    return stream._cast_to

@@ -46,6 +46,8 @@ def _delivered(body: Any) -> list[dict[str, Any]] | None:
         return None
     turn: Any = messages[-1]
     if isinstance(turn, dict) and turn.get("role") == "user" and len(messages) >= 2:
+        if "continue" not in json.dumps(turn.get("content")).lower():
+            return None  # a user turn asking something else: a conversation
         turn = messages[-2]
     if not isinstance(turn, dict) or turn.get("role") != "assistant":
         return None
@@ -95,15 +97,13 @@ def rest_of(message: Continuable, body: Any) -> Ok:
         text = sent.get("text")
         if not isinstance(text, str) or not block.text.startswith(text):
             return message
-        if last == len(blocks) - 1 and text == block.text:
-            return message  # the whole message: a conversation, not a continuation
         start = min(_repeat_from(text, message.repeat_words), len(text))
         remaining = block.text[start:]
         deltas = max(1, round(block.deltas * len(remaining) / max(1, len(block.text))))
         rest = [Text(remaining, deltas=deltas), *blocks[last + 1 :]]
         if text == block.text and not remaining:
             rest = list(blocks[last + 1 :])
-    elif _same(block, sent) and last < len(blocks) - 1:
+    elif _same(block, sent):
         rest = list(blocks[last + 1 :])
     else:
         return message

@@ -445,7 +445,7 @@ def continuable(message: Ok | None = None, *, repeat_words: int = 0) -> Continua
 
     A request that carries a delivered part of `message` as its last assistant turn (an
     assistant prefill: the conversation ends with it; or an assistant turn followed by a user
-    turn asking to continue) gets the rest of `message`: a stream with its own
+    turn that says "continue") gets the rest of `message`: a stream with its own
     `message_start`, the remaining text of the interrupted block, the following blocks,
     `message_delta` and `message_stop`. The delivered part is matched block by block against
     `message` (text blocks by prefix, the last one possibly cut inside a word); a request whose
