@@ -22,9 +22,10 @@ $(STAMP): pyproject.toml
 # The demo needs the package (the fake server is part of it) and its proxy extra (aiohttp, a few
 # MB) for the proxy's rows, so any pip will do. It installs no npm client: it runs Claude Code
 # only when `make real-clients` or the user installed it, else the TypeScript SDK, curl, Python.
+# --no-compile: Python compiles what the demo imports, not every module installed (seconds).
 $(DEMO_STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[proxy]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -e '.[proxy]'
 	@touch $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP)

@@ -110,7 +110,7 @@ class _Bounds:
     ping_interval: float
     policy: Mapping[str, Any]
     """The guarded side's `sdkguard.install(...)` fields."""
-    client_cut: float = 4.0
+    client_cut: float = 3.0
     """The demo stops waiting for a client alone on a silent stream after this."""
     client_watchdog: float = 20.0
     """... and for any other client run after this (a slow start, a client's own retries)."""
