@@ -11,6 +11,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -303,6 +304,20 @@ def _watching(handler: _LogWatch) -> Iterator[None]:
         sdk_log.setLevel(level)
         sdk_log.removeHandler(handler)
         guard_log.removeHandler(handler)
+
+
+@contextmanager
+def _sdk_retry_lines() -> Iterator[None]:
+    """The SDK's "Retrying request" lines on for the whole demo, not side by side: sides that
+    run at once would otherwise restore each other's level while one still counts them."""
+    sdk_log = logging.getLogger("anthropic._base_client")
+    level = sdk_log.level
+    if not sdk_log.isEnabledFor(logging.INFO):
+        sdk_log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        sdk_log.setLevel(level)
 
 
 @contextmanager
@@ -828,17 +843,25 @@ def _demo(args: argparse.Namespace) -> int:
     elapsed = 0.0
     section = _demo_proxy.Section()
     try:
-        with _installed(bounds.policy):
+        # Both sides of a row at once (each on its own fake server, its log lines told apart
+        # by thread): the row takes as long as the slower side.
+        with _installed(bounds.policy), _sdk_retry_lines(), ThreadPoolExecutor(2) as sides:
             for number, row in enumerate(_ROWS, 1):
                 if row not in rows:
                     continue
                 if style.tty:
                     out.write(f"  ... {row.title}\r")
                     out.flush()
-                plain = _run_side(
-                    row, bounds, False, faults.DEFAULT_TEXT, untraced_plain=otlp is not None
+                plain_run = sides.submit(
+                    _run_side,
+                    row,
+                    bounds,
+                    False,
+                    faults.DEFAULT_TEXT,
+                    untraced_plain=otlp is not None,
                 )
-                guarded = _run_side(row, bounds, True, faults.DEFAULT_TEXT)
+                guarded_run = sides.submit(_run_side, row, bounds, True, faults.DEFAULT_TEXT)
+                plain, guarded = plain_run.result(), guarded_run.result()
                 totals["plain"] += plain.seconds
                 totals["guarded"] += guarded.seconds
                 as_expected = guarded.status == row.expect and guarded.tries == row.expect_tries
