@@ -585,7 +585,7 @@ def worker_long(job: dict[str, Any]) -> dict[str, list[dict[str, float]]]:
     return samples
 
 
-async def _held(job: dict[str, Any]) -> dict[str, float]:
+async def _held(job: dict[str, Any]) -> dict[str, Any]:
     target, n = job["target"], job["held"]
     pids = target["pids"]
     clients = [
@@ -609,7 +609,12 @@ async def _held(job: dict[str, Any]) -> dict[str, float]:
                     return
             raise RuntimeError("no content event among the first events of a held stream")
 
-        await asyncio.gather(*(hold(clients[i % len(clients)]) for i in range(n)))
+        counters = tcp_counters()
+        found = await asyncio.gather(
+            *(hold(clients[i % len(clients)]) for i in range(n)), return_exceptions=True
+        )
+        counters = {k: v - counters[k] for k, v in tcp_counters().items()}
+        failed = [_error_name(x) for x in found if isinstance(x, BaseException)]
         await asyncio.sleep(0.5)
         held = proc_status(pids)
     finally:
@@ -618,6 +623,9 @@ async def _held(job: dict[str, Any]) -> dict[str, float]:
         for client in clients:
             await client.close()
     return {
+        "held": n - len(failed),
+        "failed": failed,
+        "tcp": counters,
         "idle_rss_kb": idle["VmRSS"],
         "held_rss_kb": held["VmRSS"],
         "idle_threads": idle["Threads"],
@@ -627,14 +635,19 @@ async def _held(job: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def listen_overflows() -> int:
-    """The kernel's count of connections dropped by full accept queues (every listener of the
-    machine): each costs its client a SYN retransmission, a second or more."""
+TCP_COUNTERS = ("ListenOverflows", "SyncookiesSent", "SyncookiesFailed")
+
+
+def tcp_counters() -> dict[str, int]:
+    """The kernel's TCP counters of full accept and SYN queues (the whole machine): a
+    connection dropped by a full accept queue costs its client a SYN retransmission, a second
+    or more; a SYN cookie that fails to validate answers the client's request with a reset."""
     lines = Path("/proc/net/netstat").read_text().splitlines()
     for names, values in itertools.pairwise(lines):
         if names.startswith("TcpExt:") and values.startswith("TcpExt:"):
-            return int(dict(zip(names.split(), values.split(), strict=True))["ListenOverflows"])
-    return 0
+            found = dict(zip(names.split(), values.split(), strict=True))
+            return {name: int(found.get(name, 0)) for name in TCP_COUNTERS}
+    return dict.fromkeys(TCP_COUNTERS, 0)
 
 
 async def _batch(clients: Sequence[anthropic.AsyncAnthropic], n: int) -> tuple[int, list[str]]:
@@ -656,7 +669,7 @@ async def _batch(clients: Sequence[anthropic.AsyncAnthropic], n: int) -> tuple[i
 
 def _error_name(error: BaseException) -> str:
     """The exception and its causes: `APIConnectionError <- ReadError <- ReadError`."""
-    names = []
+    names: list[str] = []
     while error is not None and len(names) < 5:
         names.append(type(error).__name__)
         error = error.__cause__ or error.__context__  # type: ignore[assignment]
@@ -680,19 +693,19 @@ async def _concurrent(job: dict[str, Any]) -> dict[str, Any]:
 
     try:
         idle = proc_status(pids) if pids else {"Threads": 0, "VmRSS": 0}
-        overflows = listen_overflows()
+        counters = tcp_counters()
         started = time.perf_counter()
         first, first_failed = await _batch(clients, n)  # untimed: opens every connection
         first_wall = time.perf_counter() - started
-        first_overflows = listen_overflows() - overflows
+        first_counters = {k: v - counters[k] for k, v in tcp_counters().items()}
         gc.collect()
         watcher = asyncio.create_task(watch()) if pids else None
         proxy_before = cpu_seconds(pids) if pids else 0.0
-        overflows = listen_overflows()
+        counters = tcp_counters()
         wall, cpu = time.perf_counter(), time.process_time()
         events, failed = await _batch(clients, n)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        overflows = listen_overflows() - overflows
+        counters = {k: v - counters[k] for k, v in tcp_counters().items()}
         if watcher is not None:
             watcher.cancel()
         proxy_cpu = settle_cpu(pids) - proxy_before if pids else 0.0
@@ -708,8 +721,8 @@ async def _concurrent(job: dict[str, Any]) -> dict[str, Any]:
         "first_wall": first_wall,
         "events": events,
         "failed": [*first_failed, *failed],
-        "listen_overflows": overflows,
-        "first_listen_overflows": first_overflows,
+        "tcp": counters,
+        "first_tcp": first_counters,
         "proxy_cpu": proxy_cpu,
         "idle_threads": idle["Threads"],
         "peak_threads": peak["threads"],
@@ -764,7 +777,11 @@ def measure(sizes: Sizes, mode: str, args: argparse.Namespace, out: Out) -> Resu
         out(f"LiteLLM: {skipped}")
     s = results.samples
     with ExitStack() as stack:
-        server = stack.enter_context(server_process({"api": "ok"}))
+        # `held` stalls after the first content event of every answer, until the client
+        # leaves (the held streams of (d)); its first answers are scripted whole (warm-up).
+        server = stack.enter_context(
+            server_process({"api": "ok", "held": f"stall_after:{HELD_AFTER}"})
+        )
         upstream = server.urls["api"]
         sdk = stack.enter_context(sdkguard_proxy(command, upstream, LOGS / "sdkguard-proxy.log"))
         out(
@@ -819,20 +836,22 @@ def measure(sizes: Sizes, mode: str, args: argparse.Namespace, out: Out) -> Resu
         )
         s["memory"] = []
         for i in range(sizes.memory_samples):
-            server.script(
-                "api", *["ok"] * WARMUP_STREAMS, *[f"stall_after:{HELD_AFTER}"] * sizes.held
-            )
-            with sdkguard_proxy(command, upstream, LOGS / "sdkguard-proxy-memory.log") as fresh:
+            server.script("held", *["ok"] * WARMUP_STREAMS)
+            held_upstream = server.urls["held"]
+            with sdkguard_proxy(
+                command, held_upstream, LOGS / "sdkguard-proxy-memory.log"
+            ) as fresh:
                 job = {"kind": "held", "target": fresh.target(), "held": sizes.held}
                 sample = run_worker(Path(__file__), job, out)
             s["memory"].append(sample)
             server.clear()
-            per = (sample["held_rss_kb"] - sample["idle_rss_kb"]) * 1024 / sizes.held
+            per = (sample["held_rss_kb"] - sample["idle_rss_kb"]) * 1024 / max(1, sample["held"])
             out(
                 f"  sample {i + 1}/{sizes.memory_samples}: RSS {sample['idle_rss_kb'] / 1024:.1f} "
                 f"-> {sample['held_rss_kb'] / 1024:.1f} MB, {per / 1024:.1f} kB per stream; "
                 f"threads {sample['idle_threads']} -> {sample['held_threads']}; "
-                f"fds {sample['idle_fds']} -> {sample['held_fds']}"
+                f"fds {sample['idle_fds']} -> {sample['held_fds']}; failed "
+                f"{len(sample['failed'])} {sorted(set(sample['failed']))}; {sample['tcp']}"
             )
 
         out(
@@ -1126,7 +1145,7 @@ def derive(results: Results) -> None:
                 )
 
     memory = s["memory"]
-    per_stream = [(m["held_rss_kb"] - m["idle_rss_kb"]) * 1024 / sizes.held for m in memory]
+    per_stream = [(m["held_rss_kb"] - m["idle_rss_kb"]) * 1024 / max(1, m["held"]) for m in memory]
     f["memory"] = {
         "bytes_per_stream_median": statistics.median(per_stream),
         "bytes_per_stream_min": min(per_stream),
@@ -1135,8 +1154,11 @@ def derive(results: Results) -> None:
         "idle_threads": max(m["idle_threads"] for m in memory),
         "held_threads": max(m["held_threads"] for m in memory),
         "fds_per_stream": statistics.median(
-            (m["held_fds"] - m["idle_fds"]) / sizes.held for m in memory
+            (m["held_fds"] - m["idle_fds"]) / max(1, m["held"]) for m in memory
         ),
+        "failed": sum(len(m["failed"]) for m in memory),
+        "failures": sorted({e for m in memory for e in m["failed"]}),
+        "tcp": {k: sum(m["tcp"][k] for m in memory) / len(memory) for k in TCP_COUNTERS},
     }
 
     conc = s["concurrency"]
@@ -1168,10 +1190,12 @@ def derive(results: Results) -> None:
         "failed": {n: sum(len(x["failed"]) for x in v) for n, v in conc.items()},
         "failures": sorted({e for x in conc[SDKGUARD] for e in x["failed"]}),
         "samples": {n: len(v) for n, v in conc.items()},
-        "listen_overflows": {
+        "tcp": {
             n: {
-                "first_batch": statistics.median(x["first_listen_overflows"] for x in v),
-                "timed_batch": statistics.median(x["listen_overflows"] for x in v),
+                batch: {
+                    counter: sum(x[key][counter] for x in v) / len(v) for counter in TCP_COUNTERS
+                }
+                for batch, key in (("first_batch", "first_tcp"), ("timed_batch", "tcp"))
             }
             for n, v in conc.items()
         },
@@ -1257,7 +1281,8 @@ def headlines(results: Results) -> list[Headline]:
             "minus idle, per stream",
             "-",
             f"{m['bytes_per_stream_median'] / 1024:.1f} kB per stream (idle "
-            f"{m['idle_rss_mb']:.0f} MB); threads {m['idle_threads']} -> {m['held_threads']}",
+            f"{m['idle_rss_mb']:.0f} MB); threads {m['idle_threads']} -> {m['held_threads']}"
+            + (f"; {m['failed']} streams failed to open" if m["failed"] else ""),
             "-",
         )
     )
@@ -1290,17 +1315,28 @@ def _cmp(c: dict[str, float], fmt: str) -> str:
     )
 
 
+def _tcp(counters: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.0f}" for name, value in counters.items())
+
+
+def _held_failures(m: dict[str, Any]) -> str:
+    return (
+        f"streams that failed to open: {m['failed']}"
+        + (f" ({'; '.join(m['failures'])})" if m["failures"] else "")
+        + f"; the kernel's counters while they opened, mean per sample: {_tcp(m['tcp'])}"
+    )
+
+
 def _failures(c: dict[str, Any]) -> str:
-    overflows = c["listen_overflows"]
+    tcp = c["tcp"]
     return (
         f"streams failed: {c['failed'][SDKGUARD]} through the proxy"
         + (f" ({'; '.join(c['failures'])})" if c["failures"] else "")
-        + f", {c['failed'][DIRECT]} direct; connections dropped by full accept queues "
-        "(/proc/net/netstat ListenOverflows, the whole machine), median per sample: first "
-        f"batch {overflows[SDKGUARD]['first_batch']:.0f} through, "
-        f"{overflows[DIRECT]['first_batch']:.0f} direct; timed batch "
-        f"{overflows[SDKGUARD]['timed_batch']:.0f} through, "
-        f"{overflows[DIRECT]['timed_batch']:.0f} direct"
+        + f", {c['failed'][DIRECT]} direct; the kernel's counters of full listen queues "
+        "(/proc/net/netstat, the whole machine), mean per sample: first batch through "
+        f"{_tcp(tcp[SDKGUARD]['first_batch'])}, direct {_tcp(tcp[DIRECT]['first_batch'])}; "
+        f"timed batch through {_tcp(tcp[SDKGUARD]['timed_batch'])}, direct "
+        f"{_tcp(tcp[DIRECT]['timed_batch'])}"
     )
 
 
@@ -1341,7 +1377,7 @@ def report(results: Results, out: Out) -> None:
         f"(d) memory: {m['bytes_per_stream_median'] / 1024:.1f} kB per held stream (min "
         f"{m['bytes_per_stream_min'] / 1024:.1f}); RSS {m['idle_rss_mb']:.1f} -> "
         f"{m['held_rss_mb']:.1f} MB; threads {m['idle_threads']} -> {m['held_threads']}; "
-        f"{m['fds_per_stream']:.2f} file descriptors per stream"
+        f"{m['fds_per_stream']:.2f} file descriptors per stream; {_held_failures(m)}"
     )
     c = f["concurrency"]
     out(
@@ -1439,7 +1475,8 @@ def markdown(results: Results) -> str:
         f"held open after their first content event; {sizes.memory_samples} sample(s): "
         f"{m['bytes_per_stream_median'] / 1024:.1f} kB of RSS per stream (RSS "
         f"{m['idle_rss_mb']:.1f} -> {m['held_rss_mb']:.1f} MB), threads {m['idle_threads']} -> "
-        f"{m['held_threads']}, {m['fds_per_stream']:.2f} file descriptors per stream.",
+        f"{m['held_threads']}, {m['fds_per_stream']:.2f} file descriptors per stream; "
+        f"{_held_failures(m)}.",
         f"**(e) {sizes.streams:,} concurrent async streams** ({STREAMS_PER_CLIENT} per "
         f"`AsyncAnthropic` client, a fresh client process per sample, {sizes.concurrency_rounds} "
         f"rounds, after an untimed batch that opens the connections): "
