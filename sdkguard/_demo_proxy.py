@@ -449,6 +449,8 @@ def _side(
     from sdkguard.testing import FakeAnthropic, faults
 
     limit = bounds.client_watchdog if proxied or row.name not in _CUT_SHORT else bounds.client_cut
+    if client.key == "claude" and limit == bounds.client_cut:
+        limit += 2.0  # Claude Code takes a second or two to start, more on a loaded machine
     server: FakeAnthropic
     with FakeAnthropic() as server, tempfile.TemporaryDirectory(prefix="sdkguard-demo-") as home:
         server.script(row.first(faults, bounds), faults.ok())
@@ -486,6 +488,8 @@ def _side(
         if got.tokens is not None:
             waited += f" at {got.tokens} tokens"
         detail = f"{waited}, no error: the demo stopped it"
+        if requests == 0:
+            detail = f"no request sent within {limit:g} s (a slow start): the demo stopped it"
         if not proxied:
             detail += f"; {client.waits}"
         return _Outcome("stuck", limit, tries, got.tokens, got.text, logs=logs, detail=detail)
