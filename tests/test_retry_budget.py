@@ -29,16 +29,24 @@ OUTAGES: dict[str, tuple[Answer, type[Exception]]] = {
 
 
 def outage(
-    server: FakeAnthropic, answer: Answer, calls: int, timeout: float = 5.0
+    server: FakeAnthropic, answer: Answer, calls: int, timeout: float = 5.0, limit: float = 5.0
 ) -> list[Exception]:
-    """`calls` calls while every request gets `answer`; the errors they raised."""
+    """`calls` calls while every request gets `answer`; the errors they raised.
+
+    `limit` is the stream limits' (response and idle): seconds by default, so that an answer
+    a loaded machine serves late is still the answer (under the fast 0.3 s, one 529 of 1,000
+    became a stall in two parallel runs).
+    """
     # Streams of earlier tests, settled when collected, would refund or spend tokens here.
     gc.collect()
     BUDGET.reset()
     server.default(answer)
     errors: list[Exception] = []
     with (
-        sdkguard.policy(backoff_initial=0.0, backoff_max=0.0),  # counting, not waiting
+        # counting, not waiting
+        sdkguard.policy(
+            backoff_initial=0.0, backoff_max=0.0, response_timeout=limit, idle_timeout=limit
+        ),
         anthropic.Anthropic(base_url=server.url, api_key=API_KEY, timeout=timeout) as client,
     ):
         for _ in range(calls):
@@ -81,7 +89,7 @@ def test_without_the_budget_an_outage_costs_five_times_the_requests(
 def test_retries_after_a_stall_cost_twice_as_much(server: FakeAnthropic) -> None:
     # A plain call keeps the client's read timeout: a short one here.
     with sdkguard.policy(retry_budget=True, budget_capacity=100):
-        outage(server, faults.stall_before_headers(), 15, timeout=0.05)
+        outage(server, faults.stall_before_headers(), 15, timeout=0.05, limit=0.3)
     assert len(server.requests) == 15 + 100 // 10
     BUDGET.reset()
     server.requests.clear()
