@@ -24,9 +24,11 @@ from sdkguard._decide import (
     Decision,
     Failure,
     Phase,
+    Received,
     classify_exception,
     classify_sse_error,
     classify_status,
+    errno_name,
     say_seconds,
 )
 from sdkguard._errors import StreamInterrupted, StreamStalled
@@ -227,17 +229,22 @@ class GuardedCall:
         committed: bool = False,
         partial: Callable[[], Any] | None = None,
         continuation: Callable[[], str | None] | None = None,
+        response: Any = None,
+        events: tuple[int, str | None] | None = None,
     ) -> Step:
         """The step after attempt `self.state.attempt` raised `err`.
 
         `continuation` (`resume` on): after the commit point, whether the message can be
         continued (None) or why not; a continuation is an attempt like any retry.
+        `response`: the attempt's http response, when it got one (a stream's body failed);
+        `events`: how many events of the message it received, and the type of the last.
         """
         failure = self.classify(err, phase)
         if failure is None:  # not the network's or the API's doing: leave it exactly as raised
             if self.telemetry is not None:
                 self.telemetry.finished(error_type=type(err).__qualname__)
             return Step(error=err)
+        received = self._received(err, response, events)
         now = time.monotonic()
         duration = now - self._attempt_started
         if failure.timeout and self._deadline_passed(now):
@@ -257,20 +264,46 @@ class GuardedCall:
         else:
             decision = self.state.decide(failure, now=now, rand=random.random())
         wait = decision.wait if decision.retry else None
-        self.state = self.state.record(failure, duration, wait, decision.cost)
+        self.state = self.state.record(failure, duration, wait, decision.cost, received=received)
         if self.telemetry is not None:
             stall = _STALL_LIMITS.get(failure.reason)
             self.telemetry.attempt_failed(
-                failure.reason, err, wait, stall=stall, continued=committed and wait is not None
+                failure.reason,
+                err,
+                wait,
+                stall=stall,
+                continued=committed and wait is not None,
+                received=received,
             )
             if wait is None:
                 self.telemetry.finished(_partial_or_none(partial), error_type=failure.reason)
         if decision.retry:
             if failure.reason == "stall_response" and self.unconverted is not None:
                 self._fall_back()
-            self._announce(failure, err, decision.wait, now, continued=committed)
+            self._announce(failure, err, decision.wait, now, received, continued=committed)
             return Step(wait=decision.wait)
         return Step(error=self._give_up(err, failure, decision, committed, partial))
+
+    def _received(
+        self, err: BaseException, response: Any, events: tuple[int, str | None] | None
+    ) -> Received:
+        """What the failed attempt received: read once, from counters kept anyway (the http
+        response's header and byte count, the stream protocol's record), never per event."""
+        if response is None:
+            response = _sdk.response_of(err)  # an error status: the SDK read its body
+        if response is not None:
+            request_id, count = _sdk.received_from(response)
+        else:
+            # No response: a stream failed before its headers (nothing received), a
+            # non-streaming answer may have been broken off anywhere (not known).
+            request_id, count = None, 0 if self.stream else None
+        return Received(
+            request_id,
+            count,
+            None if events is None else events[0],
+            None if events is None else events[1],
+            errno_name(err),
+        )
 
     def _fall_back(self) -> None:
         """A plain call's stream got no headers in time: send the call as the caller made it.
@@ -304,6 +337,7 @@ class GuardedCall:
         err: BaseException,
         wait: float,
         now: float,
+        received: Received,
         *,
         continued: bool = False,
     ) -> None:
@@ -329,6 +363,11 @@ class GuardedCall:
                 wait=wait,
                 elapsed=now - self.state.started_at,
                 continued=continued,
+                request_id=received.request_id,
+                bytes_received=received.bytes_received,
+                events_received=received.events_received,
+                last_event=received.last_event,
+                errno=received.errno,
             )
             for hook in self.policy.on_retry:
                 try:

@@ -23,10 +23,12 @@ __all__ = [
     "CallState",
     "Decision",
     "Failure",
+    "Received",
     "RetryBudget",
     "classify_exception",
     "classify_sse_error",
     "classify_status",
+    "errno_name",
     "parse_retry_after",
     "say_seconds",
 ]
@@ -63,10 +65,70 @@ class AttemptRecord:
     duration: float
     wait: float | None
     """The wait that followed it (None: no further attempt)."""
+    request_id: str | None = None
+    """The `request-id` header of its response (None: no response headers, or none sent)."""
+    bytes_received: int | None = None
+    """Bytes of the response body received, as the HTTP library counts them (compressed, if
+    the body was); 0 when the attempt failed before the response headers; None: not known
+    (a non-streaming answer broken off by the transport)."""
+    events_received: int | None = None
+    """SSE events of the message received, pings not counted (the SDK drops them) and an
+    `error` event counted; for a continuation, the events it added to the message. None: no
+    event stream was read (not a stream, or an error status, or no response headers)."""
+    last_event: str | None = None
+    """The type of the last event received (`content_block_delta`, ...), if any."""
+    errno: str | None = None
+    """The symbolic errno of the failure (`ECONNRESET`, `ETIMEDOUT`, ...) where the chain of
+    the exception raised carries an `OSError` with one."""
 
     def note(self, max_attempts: int) -> str:
         line = f"attempt {self.number} of {max_attempts}: {self.reason} after {self.duration:.2f} s"
+        details = self.details()
+        if details:
+            line = f"{line} ({details})"
         return line if self.wait is None else f"{line}; waited {say_seconds(self.wait)}"
+
+    def details(self) -> str:
+        """What the attempt received, in a few words: only the parts known (no content)."""
+        parts: list[str] = []
+        if self.request_id:
+            parts.append(f"request {self.request_id}")
+        if self.bytes_received is not None:
+            parts.append(f"{self.bytes_received:,} B")
+        if self.events_received is not None:
+            count = self.events_received
+            parts.append(f"{count:,} event{'' if count == 1 else 's'}")
+        if self.last_event:
+            parts.append(f"last {self.last_event}")
+        if self.errno:
+            parts.append(self.errno)
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """What an attempt received before it failed (the forensics of `AttemptRecord`)."""
+
+    request_id: str | None = None
+    bytes_received: int | None = None
+    events_received: int | None = None
+    last_event: str | None = None
+    errno: str | None = None
+
+
+NOTHING_KNOWN = Received()
+
+
+def errno_name(err: BaseException) -> str | None:
+    """The symbolic errno of the first `OSError` with one in `err`'s chain (`ECONNRESET`)."""
+    for item in _chain(err):
+        number = item.errno if isinstance(item, OSError) else None
+        if isinstance(number, int) and number > 0:
+            # A socket.gaierror's errno is an EAI_ code, not an errno.
+            if isinstance(item, socket.gaierror):
+                continue
+            return errno.errorcode.get(number)
+    return None
 
 
 def say_seconds(seconds: float) -> str:
@@ -209,13 +271,30 @@ class CallState:
         return min(policy.backoff_max, base) * (1.0 - policy.jitter * rand)
 
     def record(
-        self, failure: Failure, duration: float, wait: float | None, cost: float = 0.0
+        self,
+        failure: Failure,
+        duration: float,
+        wait: float | None,
+        cost: float = 0.0,
+        *,
+        received: Received = NOTHING_KNOWN,
     ) -> CallState:
         """The state after this attempt failed: the next attempt when `wait` is not None.
 
-        `cost`: what the retry took of the budget.
+        `cost`: what the retry took of the budget; `received`: what the attempt received.
         """
-        entry = AttemptRecord(self.attempt, failure.reason, failure.description, duration, wait)
+        entry = AttemptRecord(
+            self.attempt,
+            failure.reason,
+            failure.description,
+            duration,
+            wait,
+            received.request_id,
+            received.bytes_received,
+            received.events_received,
+            received.last_event,
+            received.errno,
+        )
         if wait is None:
             return replace(self, history=(*self.history, entry))
         return replace(

@@ -28,3 +28,16 @@ class RetryEvent:
     continued: bool = False
     """The failure came after content reached the caller, and the next attempt continues the
     message (`resume`) rather than starting it again."""
+    request_id: str | None = None
+    """The `request-id` header of the failed attempt's response (None: no response headers,
+    or none sent): what Anthropic support asks for."""
+    bytes_received: int | None = None
+    """Bytes of the failed attempt's response body received (0: it failed before the
+    headers; None: not known)."""
+    events_received: int | None = None
+    """SSE events of the message the failed attempt received, pings not counted (None: no
+    event stream was read: not a stream, an error status, or no response headers)."""
+    last_event: str | None = None
+    """The type of the last event it received (`content_block_delta`, ...), if any."""
+    errno: str | None = None
+    """The symbolic errno of the failure (`ECONNRESET`, ...), where there is one."""

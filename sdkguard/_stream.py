@@ -30,6 +30,7 @@ __all__ = [
     "adopt_sync",
     "drain_async",
     "drain_sync",
+    "events_received",
     "guard_of",
 ]
 
@@ -42,10 +43,12 @@ class _Guard:
     __slots__ = (
         "call",
         "closed",
+        "events_before",
         "held_end",
         "inner",
         "outer",
         "protocol",
+        "response",
         "restart_hook",
         "resume",
         "send",
@@ -67,6 +70,11 @@ class _Guard:
         self.held_end: _sdk.HeldEnd | None = None
         self.resume: _Resume | None = None
         """Set when a broken message is continued (`resume`): see `_Resume`."""
+        self.response: Any = None
+        """The current attempt's http response (its request id and byte count)."""
+        self.events_before = 0
+        """Events the protocol had recorded when the current attempt began (a continuation
+        records into the message of the attempts before it)."""
 
     def prime(self, attempt_stream: Any, *, continuing: bool = False) -> None:
         """Prepare a new attempt's stream: body limits, progress watch, its event iterator."""
@@ -82,7 +90,11 @@ class _Guard:
         outer = None if self.outer is None else self.outer()
         if outer is not None and outer is not attempt_stream:  # `.response` follows the attempt
             outer.response = attempt_stream.response
-        if not continuing:
+        self.response = attempt_stream.response
+        if continuing:
+            self.events_before = events_received(self.protocol)[0]
+        else:
+            self.events_before = 0
             self.protocol.restart()
 
     def committed_to_user(self) -> bool:
@@ -108,13 +120,20 @@ class _Guard:
         if self.call.telemetry is not None:
             self.call.telemetry.finished(self.protocol.partial_message())
 
-    def failed(self, err: Exception) -> Step:
+    def failed(self, err: Exception, held: int = 0) -> Step:
+        """`held`: events a `resume` holder keeps back, received but not recorded yet."""
+        count, last = events_received(self.protocol)
+        count += held - self.events_before
+        if isinstance(err, anthropic.APIStatusError):  # an `error` event broke the stream
+            count, last = count + 1, "error"
         return self.call.failed(
             err,
             "body",
             committed=self.committed_to_user(),
             partial=self.protocol.partial_message,
             continuation=None if self.resume is None else self.resume.plan,
+            response=self.response,
+            events=(count, last if count else None),
         )
 
     # -- resume: one message across attempts -------------------------------------------------
@@ -162,6 +181,43 @@ class _Guard:
             return resume.sent(send, options)
 
         return send_continuation
+
+
+def events_received(protocol: StreamProtocol) -> tuple[int, str | None]:
+    """How many events of the message the protocol received, and the type of the last.
+
+    Read at a failure from what the protocol keeps anyway, so that counting adds nothing to
+    the per-event path: before the commit point the events held; after it, one
+    `message_start`, per block its start, one entry per text, thinking or JSON delta, its other
+    deltas and its stop (a block no longer open was stopped: the API sends one block at a
+    time), and `message_delta`. Pings never reach the guard (the SDK drops them).
+    """
+    if not protocol.committed:
+        held = protocol.held
+        return len(held), (held[-1].type if held else None)
+    extras = protocol.extras or {}
+    open_block = protocol.open_block
+    count = (protocol.message is not None) + (protocol.message_delta is not None)
+    open_deltas = 0
+    for index, block in protocol.blocks.items():
+        extra = extras.get(index)
+        deltas = len(block) - 1
+        if extra:
+            deltas += ("signature" in extra) + len(extra.get("citations", ()))
+            deltas += len(extra.get("other", ()))
+        if index == open_block:
+            open_deltas = deltas
+        count += 1 + deltas + (index != open_block)
+    last: str | None
+    if protocol.message_delta is not None:
+        last = "message_delta"
+    elif open_block is not None and open_block in protocol.blocks:
+        last = "content_block_delta" if open_deltas else "content_block_start"
+    elif protocol.blocks:
+        last = "content_block_stop"
+    else:
+        last = "message_start" if protocol.message is not None else None
+    return count, last
 
 
 class _Resume:
@@ -312,7 +368,7 @@ class _SyncGuard(_Guard):
                     if protocol.whole(isinstance(err, anthropic.APIStatusError)):
                         call.succeeded(message=self.final_message())
                         return
-                    step = self.failed(err)
+                    step = self.failed(err, len(held))
                     if step.error is not None:
                         yield from protocol.take_held()
                         if step.error is err:
@@ -437,7 +493,7 @@ class _AsyncGuard(_Guard):
                     if protocol.whole(isinstance(err, anthropic.APIStatusError)):
                         call.succeeded(message=self.final_message())
                         return
-                    step = self.failed(err)
+                    step = self.failed(err, len(held))
                     if step.error is not None:
                         for item in protocol.take_held():
                             yield item

@@ -33,6 +33,8 @@ from sdkguard._version import __version__
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Observation
 
+    from sdkguard._decide import Received
+
 __all__ = ["CallTelemetry", "ServerSpan", "start_call", "start_server_span"]
 
 # The metrics API is imported when instruments are made (4 ms at start-up otherwise; the SDK
@@ -400,10 +402,12 @@ class CallTelemetry:
         *,
         stall: str | None,
         continued: bool = False,
+        received: Received | None = None,
     ) -> None:
         """The current attempt failed; `wait` is the pause before the next one (None: none).
 
-        `error`: the exception, if any (its HTTP status, if any, is recorded)."""
+        `error`: the exception, if any (its HTTP status, if any, is recorded); `received`:
+        what the attempt received (request id, bytes, events, last event, errno)."""
         span = self._attempt_span
         self._attempt_span = None
         outcome = ("continued" if continued else "retry") if wait is not None else "failed"
@@ -421,6 +425,8 @@ class CallTelemetry:
             span.set_attribute("http.response.status_code", status)
         span.set_attributes(attributes)
         span.set_attribute("error.type", reason)
+        if received is not None:
+            span.set_attributes(_received_attributes(received))
         if stall is not None:
             span.add_event("sdkguard.stall", {"sdkguard.limit": stall})
         if wait is not None:
@@ -478,6 +484,21 @@ class CallTelemetry:
             span.set_attribute("error.type", error_type)
             span.set_status(Status(StatusCode.ERROR))
         span.end()
+
+
+def _received_attributes(received: Received) -> dict[str, Any]:
+    """The forensics of a failed attempt, as span attributes (only the parts known)."""
+    attributes: dict[str, Any] = {}
+    for attribute, value in (
+        ("anthropic.request.id", received.request_id),
+        ("http.response.body.size", received.bytes_received),
+        ("sdkguard.attempt.events_received", received.events_received),
+        ("sdkguard.attempt.last_event", received.last_event),
+        ("sdkguard.attempt.errno", received.errno),
+    ):
+        if value is not None:
+            attributes[attribute] = value
+    return attributes
 
 
 def _field(value: Any, name: str) -> Any:

@@ -30,7 +30,9 @@ from sdkguard._sdk.errors import (
     StallDetected,
     checked,
     error_type,
+    received_from,
     request_of,
+    response_of,
 )
 from sdkguard._sdk.keepalive import apply_keepalive, keepalive_socket_options, restore_keepalive
 from sdkguard._sdk.models import (
@@ -109,12 +111,14 @@ __all__ = [
     "parsing_async",
     "raw_stream_of",
     "read_call",
+    "received_from",
     "record_retries",
     "replace_iterator",
     "request_method",
     "request_methods",
     "request_of",
     "reset_message_stream",
+    "response_of",
     "restore_keepalive",
     "set_body_read_timeout",
     "stream_classes",

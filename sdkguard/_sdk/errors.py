@@ -19,6 +19,24 @@ def request_of(err: BaseException) -> Any:
     return request
 
 
+def received_from(response: Any) -> tuple[str | None, int | None]:
+    """The `request-id` header of an http response, and the bytes of its body received so far
+    (httpx and httpx2 count them as they read: nothing is added per event)."""
+    headers = getattr(response, "headers", None)
+    request_id = headers.get("request-id") if headers is not None else None
+    count = getattr(response, "num_bytes_downloaded", None)
+    return (
+        request_id if isinstance(request_id, str) and request_id else None,
+        count if isinstance(count, int) and not isinstance(count, bool) else None,
+    )
+
+
+def response_of(err: BaseException) -> Any:
+    """The http response an error carries (an `APIStatusError`'s), or None."""
+    response = getattr(err, "response", None)
+    return response if getattr(response, "headers", None) is not None else None
+
+
 def error_type(body: object) -> str | None:
     """`overloaded_error` from the body of an `event: error` (Bedrock's exception names too)."""
     if isinstance(body, dict):
