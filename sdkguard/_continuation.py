@@ -23,6 +23,7 @@ from typing import Any
 
 __all__ = [
     "CONTINUE_PROMPT",
+    "PREFILL_REFUSED",
     "Holder",
     "NotContinued",
     "Splicer",
@@ -41,6 +42,9 @@ CONTINUE_PROMPT = (
 """The user turn of a continuation request sent without prefill."""
 
 _PREFILL_REFUSAL = "does not support assistant message prefill"
+PREFILL_REFUSED: set[str] = set()
+"""Models seen refusing an assistant prefill, for the life of the process (the library's
+guards and the proxy's relay share it)."""
 _USAGE_COUNTS = (
     "input_tokens",
     "cache_creation_input_tokens",

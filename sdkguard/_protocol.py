@@ -153,7 +153,17 @@ class StreamProtocol:
             self.complete = self.complete or kind == "message_delta"
             return
         data = json.loads(sse_data(event) or b"null")
-        if not isinstance(data, dict):
+        if isinstance(data, dict):
+            self.record_data(kind, data)
+
+    def record_data(self, kind: str, data: dict[str, Any]) -> None:
+        """Record a delivered event given as its JSON data (`record_raw`, parsed once by a
+        driver that reads the data itself: the proxy's relay continuing a message)."""
+        if kind == "content_block_stop":
+            self.open_block = None
+            return
+        if kind == "message_stop":
+            self.complete = True
             return
         if kind == "content_block_delta":
             delta: dict[str, Any] = data.get("delta") or {}

@@ -337,7 +337,7 @@ class _Resume:
         return _sdk.with_json_body(options, self.user_turn)
 
 
-_PREFILL_REFUSED: set[str] = set()
+_PREFILL_REFUSED = _continuation.PREFILL_REFUSED
 """Models seen refusing an assistant prefill, for the life of the process."""
 
 

@@ -51,7 +51,9 @@ HELLO = faults.DEFAULT_TEXT
 
 
 def start_proxy(upstream: str, **changes: Any) -> RunningProxy:
-    fields = {**FAST_PROXY, **changes.pop("policy", {})}
+    # resume off: these tests pin the relay without continuation (tests/test_proxy_resume.py
+    # has it on, as the proxy's default).
+    fields = {"resume": "off", **FAST_PROXY, **changes.pop("policy", {})}
     config = ProxyConfig(
         upstream=upstream,
         port=0,

@@ -130,10 +130,19 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     names = env_names()
     group = proxy.add_argument_group(
         "policy (each overrides its SDKGUARD_<FIELD> variable; the proxy's own defaults: "
-        "response-timeout 30, idle-timeout 30, progress-timeout 120)"
+        "response-timeout 30, idle-timeout 30, progress-timeout 120, resume on)"
     )
     fields = [f for f in _run._COMMON if f in names] + [f for f in names if f not in _run._COMMON]
+    group.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="continue a stream broken after content in the same stream (default on; "
+        "overrides SDKGUARD_RESUME); --no-resume ends it with an SSE error event",
+    )
     for field in fields:
+        if field == "resume":
+            continue
         form = forms.get(field)
         group.add_argument(
             "--" + field.replace("_", "-"),
@@ -208,6 +217,8 @@ def _proxy(args: argparse.Namespace) -> int:
     if command and command[0] == "--":
         command = command[1:]
     fields = {f: getattr(args, f) for f in args.policy_fields if getattr(args, f) is not None}
+    if isinstance(args.resume, bool):
+        fields["resume"] = "on" if args.resume else "off"
     try:
         policy = proxy_policy(fields)  # a malformed SDKGUARD_* variable is named here
     except ValueError as error:

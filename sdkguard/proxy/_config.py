@@ -37,6 +37,9 @@ PROXY_POLICY_DEFAULTS: Mapping[str, Any] = {
     "response_timeout": 30.0,
     "idle_timeout": 30.0,
     "progress_timeout": 120.0,
+    # A stream broken after content is continued: for the proxy's clients the alternative is
+    # a broken answer (docs/continuation.md). The library keeps it off by default.
+    "resume": True,
 }
 # Everything the proxy does before the first content event (attempts, waits, stalls) ends
 # within this, well inside Claude Code's 300 s: the client then gets an answer (the stream,

@@ -9,14 +9,18 @@ attempts, watches the clock, and writes to the client:
   nothing, not even a status: every retryable failure restarts the request, and the client
   gets one clean answer, or, when every attempt failed, the last upstream error (or an
   API-shaped one when there was no HTTP answer).
-- **After it**, bytes are relayed as received, cut only at event boundaries; a failure ends
-  the client's stream with an SSE `error` event (`_after_content`: where continuation will
-  plug in), unless the message was already whole.
+- **After it**, bytes are relayed as received, cut only at event boundaries. With `resume`
+  on (the proxy's default), a retryable failure sends a continuation request and splices its
+  answer into the client's stream (`_continue`, `_resume.Resume`: each event read as JSON);
+  when the message cannot be continued, or attempts run out, or with `resume` off, the
+  client's stream ends with an SSE `error` event (`_after_content`), unless the message was
+  already whole.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -37,6 +41,7 @@ from sdkguard._policy import Policy
 from sdkguard._protocol import StreamProtocol, sse_data, sse_event_name
 from sdkguard._wire import ERROR_STATUSES
 from sdkguard.proxy._config import ProxyConfig
+from sdkguard.proxy._resume import Resume
 from sdkguard.proxy._upstream import Upstream, failure_of, forwardable
 
 __all__ = ["ClientGone", "Downstream", "Forward", "ProxyStats", "Relay", "error_body"]
@@ -111,6 +116,8 @@ class ProxyStats:
     stalls: int = 0
     failures: int = 0
     """Calls whose client got an error that the proxy could not hide."""
+    continuations: int = 0
+    """Retries after content that continued the message (`resume`); counted in `retries`."""
 
     def summary(self) -> str:
         def n(count: int, word: str) -> str:
@@ -123,6 +130,7 @@ class ProxyStats:
                 n(self.restarts, "restart"),
                 n(self.stalls, "stall"),
                 n(self.failures, "failure"),
+                n(self.continuations, "continuation"),
             )
         )
 
@@ -368,6 +376,9 @@ class _Call:
     """With telemetry, a whole answer's JSON (its usage)."""
     error_type: str | None = None
     """With telemetry: why the call failed, as its span records it."""
+    resume: Resume | None = None
+    """With `resume` on, for a stream or a converted call: continuation after content."""
+    why_not_continued: str | None = None
 
     def headers(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         return [*headers, (ATTEMPTS_HEADER, str(self.state.attempt))]
@@ -401,12 +412,15 @@ class Relay:
         attempt = self._whole_attempt if request.kind in ("whole", "counted") else self._events
         self.stats.calls += 1
         started = time.monotonic()
+        resume = self.config.policy.resume and request.kind in ("stream", "converted")
         call = _Call(
             request,
             client,
             CallState(self.pre_policy, started_at=started),
-            StreamProtocol(raw=True, keep_content=request.kind == "converted"),
+            StreamProtocol(raw=True, keep_content=request.kind == "converted" and not resume),
         )
+        if resume:
+            call.resume = Resume(request.body, request.name)
         if _telemetry.may_record():
             call.telemetry = self._call_telemetry(request)
         if call.telemetry is None:
@@ -437,6 +451,18 @@ class Relay:
                 return
             if failed.failure.timeout:
                 self.stats.stalls += 1
+            if call.resume is not None and call.protocol.committed:
+                outcome = await self._continue(call, failed)
+                if outcome == "continued":
+                    continue
+                if outcome == "answered":
+                    self._succeeded(call)
+                    return
+                if not failed.committed:  # a converted call: restarted, as without resume
+                    call.resume.reset()
+                    if not await self._retry(call, failed):
+                        return
+                    continue
             if failed.committed:
                 if call.telemetry is not None:
                     self._lost_after_content(call, failed)
@@ -461,7 +487,7 @@ class Relay:
             progress=policy.progress_timeout if streamed else None,
             pre_content_at=(
                 call.state.started_at + self.config.pre_content_deadline + shift
-                if limited
+                if limited and not call.protocol.committed  # (a continuation: content came)
                 else None
             ),
             hard_at=hard,
@@ -508,12 +534,15 @@ class Relay:
 
     async def _send(self, call: _Call) -> aiohttp.ClientResponse:
         request = call.request
+        body = request.body
+        if call.resume is not None and call.resume.sending is not None:
+            body = call.resume.sending  # a continuation request
         response = await self.upstream.send(
             request.method,
             request.path,
             request.query,
             request.headers,
-            request.body,
+            body,
             self.config.policy.connect_timeout,
         )
         if call.telemetry is not None:
@@ -564,13 +593,24 @@ class Relay:
         try:
             status, headers = response.status, forwardable(response.headers.items())
             content_type = response.headers.get("content-type", "")
+            continuing = call.resume is not None and call.resume.sending is not None
             if status >= 300 or not content_type.startswith("text/event-stream"):
                 body = await self._read_body(response, watchdog)
                 done = True
+                if status == 400 and continuing and call.resume.refused(status, body):  # type: ignore[union-attr]
+                    response.release()
+                    response = await self._send(call)  # the user turn: no attempt spent
+                    done = False
+                    status, headers = response.status, forwardable(response.headers.items())
+                    content_type = response.headers.get("content-type", "")
+            if status >= 300 or not content_type.startswith("text/event-stream"):
+                if not done:
+                    body = await self._read_body(response, watchdog)
+                    done = True
                 if status >= 400:
                     failure = self._status_failure(response)
                     return _Failed(failure, answer=(status, response.reason, headers, body))
-                if status < 300 and "json" not in content_type:  # a captive portal's page
+                if continuing or (status < 300 and "json" not in content_type):
                     return _Failed(
                         Failure("malformed_answer", "the answer is not an event stream", True)
                     )
@@ -588,7 +628,7 @@ class Relay:
     async def _relay(
         self, call: _Call, watchdog: Watchdog, response: aiohttp.ClientResponse
     ) -> _Failed | None:
-        protocol, client = call.protocol, call.client
+        protocol, client, resume = call.protocol, call.client, call.resume
         converting = call.request.kind == "converted"
         reader = response.content
         pending = b""
@@ -614,12 +654,18 @@ class Relay:
                     watchdog.content_arrived()
                     if call.telemetry is not None:
                         self._content_began(call, released)
+                    out = b"".join(released)
+                    if resume is not None:
+                        out = b"".join([resume.process(item) for item in released])
                     if not converting:
                         status, reason, headers = call.upstream_status
                         await client.start(status, reason, call.headers(headers))
                         call.committed = True
-                        await self._write(watchdog, client, b"".join(released))
+                        await self._write(watchdog, client, out)
             pending = pending[start:]
+        if resume is not None:
+            watchdog.content_arrived()  # (a continuation's: no commit point of its own)
+            return await self._resumed(call, watchdog, reader, pending)
         # After it: relayed as received, up to the last whole event of each read.
         while True:
             end = _last_event_end(pending)
@@ -659,6 +705,65 @@ class Relay:
             Failure("stream_incomplete", "the stream ended before the message did", True),
             committed=True,
         )
+
+    async def _resumed(
+        self, call: _Call, watchdog: Watchdog, reader: aiohttp.StreamReader, pending: bytes
+    ) -> _Failed | None:
+        """After the commit point with `resume` on: each event read as JSON, spliced when it is
+        a continuation's, held when it is a block not yet past, recorded, relayed."""
+        resume, client = call.resume, call.client
+        assert resume is not None
+        converting = call.request.kind == "converted"
+        while True:
+            end = _last_event_end(pending)
+            if end >= 0:
+                events, pending = pending[:end], pending[end:]
+                out = b""
+                failed = None
+                for event in _events(events):
+                    if sse_event_name(event) == "error":
+                        failure = classify_sse_error(_sse_error_type(event))
+                        if failure.retryable or converting:
+                            failed = _Failed(failure, committed=call.committed, sse_error=event)
+                            break
+                        out += event  # the API's own word: relayed, as without resume
+                        continue
+                    out += resume.process(event)
+                if out and not converting:
+                    if b"message_" in out or b"error" in out:
+                        self._note_events(call, out)
+                    await self._write(watchdog, client, out)
+                if failed is not None:
+                    return failed
+                if b"content_block" in events or b"message_delta" in events:
+                    watchdog.last_content = watchdog.loop.time()
+            chunk = await reader.readany()
+            if not chunk:
+                break
+            watchdog.last_read = watchdog.loop.time()
+            pending = pending + chunk if pending else chunk
+        delivered = resume.delivered
+        if converting:
+            if not delivered.complete:
+                return _Failed(
+                    Failure("stream_incomplete", "the stream ended before the message did", True)
+                )
+            await self._answer_converted(call)
+            return None
+        if call.stop_sent or call.api_error:
+            await client.end()
+            return None
+        return _Failed(
+            Failure("stream_incomplete", "the stream ended before the message did", True),
+            committed=True,
+        )
+
+    async def _answer_converted(self, call: _Call) -> None:
+        """A converted call's message, whole: the client's JSON answer."""
+        assert call.resume is not None
+        status, reason, headers = call.upstream_status
+        body = json.dumps(call.resume.delivered.message_data()).encode()
+        await call.client.answer(status, reason, call.headers(_json_headers(headers)), body)
 
     def _note_events(self, call: _Call, out: bytes) -> None:
         """What the relayed events change: the message whole, stopped, or an API error."""
@@ -780,6 +885,56 @@ class Relay:
             error_body(error_type, message),
         )
 
+    async def _continue(
+        self, call: _Call, failed: _Failed
+    ) -> Literal["continued", "answered", "not"]:
+        """After content with `resume` on: continue the message in a new attempt (the same
+        rules as a retry: max_attempts, the retry budget, the call's deadline), or not."""
+        resume, failure, name = call.resume, failed.failure, call.request.name
+        assert resume is not None
+        if resume.delivered.complete and not call.api_error:
+            if call.request.kind != "converted":
+                return "not"  # `_after_content` ends the whole message
+            call.state = call.state.record(failure, time.monotonic() - call.attempt_started, None)
+            await self._answer_converted(call)
+            return "answered"
+        if not failure.retryable:
+            return "not"
+        why_not = resume.plan()
+        if why_not is not None:
+            call.why_not_continued = f"the message is not continued: {why_not}"
+            return "not"
+        if call.state.policy is self.pre_policy:
+            # After content the pre-content deadline is past its use: the call's own deadline
+            # (none by default) bounds the continuations.
+            call.state = dataclasses.replace(call.state, policy=self.config.policy)
+        now = time.monotonic()
+        decision = call.state.decide(failure, now=now, rand=random.random())
+        if not decision.retry:
+            call.why_not_continued = f"not continued: {decision.why_not}"
+            return "not"
+        call.state = call.state.record(
+            failure, now - call.attempt_started, decision.wait, decision.cost
+        )
+        if call.telemetry is not None:
+            stall = _STALL_LIMITS.get(failure.reason)
+            call.telemetry.attempt_failed(
+                failure.reason, None, decision.wait, stall=stall, continued=True
+            )
+        self.stats.retries += 1
+        self.stats.continuations += 1
+        logger.warning(
+            "%s: continuing after %s; next attempt in %s (attempt %d of %d)",
+            name,
+            failure.description,
+            _say_seconds(decision.wait),
+            call.state.attempt,
+            self.config.policy.max_attempts,
+        )
+        await asyncio.sleep(decision.wait)
+        resume.begin()
+        return "continued"
+
     async def _after_content(self, call: _Call, failed: _Failed) -> None:
         """A failure once content reached the client: no retry can hide it.
 
@@ -802,14 +957,22 @@ class Relay:
                 self._succeeded(call)
                 return
             self.stats.failures += 1
+            why_not = call.why_not_continued
             logger.error(
-                "%s: stream interrupted after content was relayed: %s; the client gets an "
+                "%s: stream interrupted after content was relayed: %s; %sthe client gets an "
                 "error event",
                 name,
                 failure.description,
+                "" if why_not is None else why_not + "; ",
             )
+            if failed.sse_error is not None:  # the API's own error event
+                await client.write(failed.sse_error)
+                await client.end()
+                return
             error_type = "overloaded_error" if failure.retryable else "api_error"
             notes = "; ".join(call.state.notes())
+            if why_not is not None:
+                notes += f"; {why_not}"
             message = (
                 "sdkguard proxy: the upstream stream broke after content was relayed: "
                 f"{failure.description} ({notes})"
@@ -858,6 +1021,8 @@ class Relay:
     def _delivered(call: _Call) -> Any:
         """The message as far as the client got it, as JSON: for its usage and stop reason."""
         try:
+            if call.resume is not None:
+                return call.resume.delivered.message_data()
             if call.request.kind == "converted":
                 return call.protocol.message_data()
             if call.summary is not None:

@@ -1,0 +1,335 @@
+"""sdkguard proxy with `resume` on (its default): a stream broken after content is continued in
+the client's stream, with the plain anthropic SDK (sdkguard not installed), sync and async,
+`create(stream=True)`, `messages.stream()` and non-streaming `create`. The client reads one
+valid message, the scripted one; the upstream saw the continuation requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import pytest
+
+import sdkguard
+from sdkguard import _continuation
+from sdkguard._decide import BUDGET
+from sdkguard.testing import FakeAnthropic, faults
+
+pytest.importorskip("aiohttp")
+
+from sdkguard.proxy import RunningProxy
+from tests.test_proxy import SECRET_KEY, start_proxy
+from tests.test_resume import KINDS, LONG, check_events, server_events
+
+pytestmark = pytest.mark.timeout(120)
+
+ARGS: dict[str, Any] = {
+    "model": "claude-proxy-resume",
+    "max_tokens": 4096,
+    "messages": [{"role": "user", "content": "hi"}],
+}
+RESUME = {"resume": "on", "idle_timeout": "0.2", "progress_timeout": "0.2"}
+
+
+def after_content(n: int, reply: faults.Ok) -> dict[str, faults.Answer]:
+    """Every retryable fault of the kit after `n` events, each breaking a first answer."""
+    return {
+        "reset": faults.reset_after(n, reply=reply),
+        "truncate": faults.truncate_after(n, reply=reply),
+        "close": faults.close_after(n, reply=reply),
+        "stall": faults.stall_after(n, reply=reply),
+        "pings_only": faults.pings_only_after(n, 0.02, reply=reply),
+        "overloaded": faults.sse_error_after(n, "overloaded_error", reply=reply),
+        "api_error": faults.sse_error_after(n, "api_error", reply=reply),
+    }
+
+
+@pytest.fixture(autouse=True)
+def fresh() -> Iterator[None]:
+    assert not sdkguard.is_installed(), "these clients must not be guarded by the library"
+    BUDGET.reset()
+    _continuation.PREFILL_REFUSED.clear()
+    yield
+    _continuation.PREFILL_REFUSED.clear()
+
+
+@pytest.fixture
+def proxy(server: FakeAnthropic) -> Iterator[RunningProxy]:
+    with start_proxy(server.url, policy=RESUME) as running:
+        yield running
+
+
+def expected(reply: faults.Ok) -> dict[str, Any]:
+    """The scripted message, as the API's JSON has it."""
+    with FakeAnthropic() as fake:
+        fake.default(reply)
+        with anthropic.Anthropic(base_url=fake.url, api_key="k", max_retries=0) as client:
+            return client.messages.create(**ARGS).to_dict()
+
+
+Read = tuple[list[tuple[str, dict[str, Any]]] | None, dict[str, Any]]
+
+
+def read_sync(url: str, mode: str, args: dict[str, Any]) -> Read:
+    """The events (raw streams) and the final message, as the application got them."""
+    with anthropic.Anthropic(base_url=url, api_key=SECRET_KEY, max_retries=0) as client:
+        if mode == "create_stream":
+            with client.messages.create(**args, stream=True) as stream:
+                events = [(event.type, event.to_dict()) for event in stream]
+            return events, {}
+        if mode == "stream_helper":
+            with client.messages.stream(**args) as helper:
+                for _ in helper:  # read as it comes
+                    pass
+                return None, helper.get_final_message().to_dict()
+        return None, client.messages.create(**args).to_dict()
+
+
+def read_async(url: str, mode: str, args: dict[str, Any]) -> Read:
+    async def main() -> Read:
+        async with anthropic.AsyncAnthropic(
+            base_url=url, api_key=SECRET_KEY, max_retries=0
+        ) as client:
+            if mode == "create_stream":
+                stream = await client.messages.create(**args, stream=True)
+                events = [(event.type, event.to_dict()) async for event in stream]
+                return events, {}
+            if mode == "stream_helper":
+                async with client.messages.stream(**args) as helper:
+                    async for _ in helper:
+                        pass
+                    return None, (await helper.get_final_message()).to_dict()
+            return None, (await client.messages.create(**args)).to_dict()
+
+    return asyncio.run(main())
+
+
+def check(read: Read, scripted: dict[str, Any]) -> None:
+    events, message = read
+    if events is not None:
+        check_events(events, scripted["content"])
+        return
+    assert message["content"] == scripted["content"]
+    assert message["stop_reason"] == scripted["stop_reason"]
+    assert message["role"] == "assistant" and message["type"] == "message"
+
+
+def check_requests(server: FakeAnthropic, start: int = 0, prefill: bool = True) -> list[Any]:
+    """The first request (from `start`) is the client's; each later one continues it as
+    documented. Returns the requests."""
+    requests = server.requests[start:]
+    first = requests[0].body
+    for request in requests[1:]:
+        body = request.body
+        turns = body["messages"][len(first["messages"]) :]
+        if not turns:  # nothing delivered yet (a thinking block held back): the request again
+            assert {**body, "max_tokens": 0} == {**first, "max_tokens": 0}
+            assert body["max_tokens"] <= first["max_tokens"]
+            continue
+        assert body["model"] == first["model"] and body["stream"] is True
+        assert body["max_tokens"] < first["max_tokens"]
+        assert body["messages"][0] == first["messages"][0]
+        assert turns[0]["role"] == "assistant"
+        if len(turns) == 2:
+            assert turns[1] == {"role": "user", "content": _continuation.CONTINUE_PROMPT}
+        else:
+            assert prefill and len(turns) == 1
+    return requests
+
+
+def positions(reply: faults.Ok) -> list[int]:
+    """Event positions after the commit point: the first, the middle, the last before the
+    message_delta."""
+    total = len(server_events(reply))
+    return sorted({4, total // 2, total - 3})
+
+
+# -- the streaming text case, every fault, several positions ----------------------------------
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("words", [0, 2])
+def test_every_fault_after_content_is_continued_in_the_clients_stream(
+    server: FakeAnthropic, proxy: RunningProxy, flavour: str, kind: str, words: int
+) -> None:
+    reply = faults.continuable(KINDS[kind], repeat_words=words)
+    scripted = expected(KINDS[kind])
+    read = read_sync if flavour == "sync" else read_async
+    for n in positions(reply):
+        for name, fault in after_content(n, reply).items():
+            start = len(server.requests)
+            server.script(fault)
+            server.default(reply)
+            got = read(proxy.url, "create_stream", ARGS)
+            assert got[0] is not None
+            check(got, scripted)
+            assert len(check_requests(server, start)) >= 2, (n, name)
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["stream_helper", "create"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_the_helper_and_plain_calls_get_the_scripted_message(
+    server: FakeAnthropic, proxy: RunningProxy, flavour: str, mode: str, kind: str
+) -> None:
+    reply = faults.continuable(KINDS[kind], repeat_words=1)
+    scripted = expected(KINDS[kind])
+    read = read_sync if flavour == "sync" else read_async
+    for n in positions(reply):
+        for name in ("reset", "stall", "overloaded"):
+            start = len(server.requests)
+            server.script(after_content(n, reply)[name])
+            server.default(reply)
+            check(read(proxy.url, mode, ARGS), scripted)
+            assert len(check_requests(server, start)) >= 2, (n, name)
+
+
+@pytest.mark.parametrize("mode", ["create_stream", "stream_helper", "create"])
+def test_a_model_refusing_prefill_gets_the_user_turn_at_once(
+    server: FakeAnthropic, proxy: RunningProxy, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sdkguard.proxy")
+    reply = faults.continuable(KINDS["text"], repeat_words=2)
+    args = {**ARGS, "model": "claude-refuses"}
+    server.refuse_prefill("claude-refuses")
+    server.script(faults.reset_after(6, reply=reply))
+    server.default(reply)
+    check(read_sync(proxy.url, mode, args), expected(KINDS["text"]))
+    assert [s.fault for s in server.sent] == ["reset_after", "prefill_refused", "continuable"]
+    assert server.requests[1].body["messages"][-1]["role"] == "assistant"
+    assert server.requests[2].body["messages"][-1]["role"] == "user"
+    check_requests(server)
+    assert proxy.stats.continuations == 1 and proxy.stats.retries == 1  # the 400: no attempt
+    # remembered: the next break sends the user turn first
+    server.script(faults.truncate_after(5, reply=reply))
+    check(read_sync(proxy.url, mode, args), expected(KINDS["text"]))
+    assert [s.fault for s in server.sent][3:] == ["truncate_after", "continuable"]
+    check_requests(server, 3, prefill=False)
+    assert "claude-refuses refuses an assistant prefill" in caplog.text
+
+
+def test_the_log_line_the_attempts_and_the_summary(
+    server: FakeAnthropic, proxy: RunningProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sdkguard.proxy")
+    reply = faults.continuable(KINDS["text"], repeat_words=1)
+    server.script(faults.reset_after(6, reply=reply), faults.truncate_after(5, reply=reply))
+    server.default(reply)
+    events, _ = read_sync(proxy.url, "create_stream", ARGS)
+    assert events is not None
+    check_events(events, expected(KINDS["text"])["content"])
+    assert len(server.requests) == 3
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert lines[0].startswith("POST /v1/messages: continuing after connection reset")
+    assert lines[0].endswith("(attempt 2 of 5)") and lines[1].endswith("(attempt 3 of 5)")
+    assert proxy.stats.continuations == 2
+    assert proxy.stats.summary().endswith("0 failures, 2 continuations")
+
+
+def test_usage_is_the_sum_billed(server: FakeAnthropic, proxy: RunningProxy) -> None:
+    reply = faults.continuable(KINDS["text"])
+    server.script(faults.reset_after(6, reply=reply))
+    server.default(reply)
+    _, message = read_sync(proxy.url, "stream_helper", ARGS)
+    delivered = server.requests[1].body["messages"][-1]["content"][0]["text"]
+    rest_deltas = sum(1 for name, _ in server.sent[1].events if name == "content_block_delta")
+    assert message["usage"]["input_tokens"] == 10 + 10
+    assert message["usage"]["output_tokens"] == -(-len(delivered) // 4) + rest_deltas
+
+
+def test_attempts_run_out_the_client_gets_the_error_event(
+    server: FakeAnthropic, proxy: RunningProxy
+) -> None:
+    reply = faults.continuable(KINDS["text"])
+    server.script(
+        faults.reset_after(6, reply=reply), *(faults.reset_after(3, reply=reply) for _ in range(4))
+    )
+    seen = ""
+    with (
+        anthropic.Anthropic(base_url=proxy.url, api_key=SECRET_KEY, max_retries=0) as client,
+        pytest.raises(anthropic.APIStatusError) as raised,
+        client.messages.create(**ARGS, stream=True) as stream,
+    ):
+        for event in stream:
+            if event.type == "content_block_delta":
+                seen += event.delta.text  # type: ignore[union-attr]
+    body = raised.value.body
+    assert isinstance(body, dict) and body["error"]["type"] == "overloaded_error"
+    assert "not continued: all 5 attempts failed" in body["error"]["message"]
+    assert len(server.requests) == 5 and LONG.startswith(seen) and len(seen) > len(LONG) // 3
+    assert proxy.stats.failures == 1 and proxy.stats.continuations == 4
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {
+            "tool_choice": {"type": "any"},
+            "tools": [{"name": "t", "input_schema": {"type": "object"}}],
+        },
+        {"output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}},
+    ],
+)
+def test_requests_not_continued_end_with_the_error_event(
+    server: FakeAnthropic, proxy: RunningProxy, change: dict[str, Any]
+) -> None:
+    reply = faults.continuable(KINDS["text"])
+    server.script(faults.reset_after(6, reply=reply))
+    with (
+        anthropic.Anthropic(base_url=proxy.url, api_key=SECRET_KEY, max_retries=0) as client,
+        pytest.raises(anthropic.APIStatusError) as raised,
+        client.messages.create(**ARGS, **change, stream=True) as stream,
+    ):
+        list(stream)
+    assert "not continued" in str(raised.value.body)
+    assert len(server.requests) == 1
+
+
+def test_the_apis_own_error_after_content_is_relayed(
+    server: FakeAnthropic, proxy: RunningProxy
+) -> None:
+    server.script(faults.sse_error_after(5, "invalid_request_error", "bad thing"))
+    with (
+        anthropic.Anthropic(base_url=proxy.url, api_key=SECRET_KEY, max_retries=0) as client,
+        pytest.raises(anthropic.APIStatusError) as raised,
+        client.messages.create(**ARGS, stream=True) as stream,
+    ):
+        list(stream)
+    body = raised.value.body
+    assert isinstance(body, dict) and body["error"]["message"] == "bad thing"
+    assert len(server.requests) == 1
+
+
+def test_no_resume_keeps_the_error_event(server: FakeAnthropic) -> None:
+    reply = faults.continuable(KINDS["text"])
+    with start_proxy(server.url, policy={**RESUME, "resume": "off"}) as proxy:
+        server.script(faults.reset_after(6, reply=reply))
+        server.default(reply)
+        with (
+            anthropic.Anthropic(base_url=proxy.url, api_key=SECRET_KEY, max_retries=0) as c,
+            pytest.raises(anthropic.APIStatusError) as raised,
+            c.messages.create(**ARGS, stream=True) as stream,
+        ):
+            list(stream)
+    body = raised.value.body
+    assert isinstance(body, dict) and body["error"]["type"] == "overloaded_error"
+    assert len(server.requests) == 1
+
+
+def test_a_fault_before_content_is_still_a_plain_restart(
+    server: FakeAnthropic, proxy: RunningProxy
+) -> None:
+    server.script(faults.reset_after(2), faults.ok())
+    with (
+        anthropic.Anthropic(base_url=proxy.url, api_key=SECRET_KEY, max_retries=0) as client,
+        client.messages.create(**ARGS, stream=True) as stream,
+    ):
+        seen = [(e.type, e.to_dict()) for e in stream]
+    assert seen == server.sent[1].content_events()  # byte for byte, as without resume
+    assert server.requests[1].body == server.requests[0].body
+    assert json.loads(server.requests[1].raw_body) == ARGS | {"stream": True}
