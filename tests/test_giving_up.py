@@ -86,7 +86,13 @@ def test_a_type_checker_sees_the_types_of_a_stream_interrupted(tmp_path: Path) -
         )
     )
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-error-summary", str(program)],
+        # A cache of its own (kept between runs: checking anthropic from scratch takes long),
+        # not the one `make typecheck` writes.
+        [
+            *(sys.executable, "-m", "mypy", "--strict", "--no-error-summary"),
+            *("--cache-dir", str(ROOT / ".cache" / "mypy-type-test")),
+            str(program),
+        ],
         cwd=ROOT,
         env={**os.environ, "MYPYPATH": str(ROOT)},
         capture_output=True,
