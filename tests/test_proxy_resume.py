@@ -213,6 +213,26 @@ def test_a_model_refusing_prefill_gets_the_user_turn_at_once(
     assert "claude-refuses refuses an assistant prefill" in caplog.text
 
 
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_kind_on_a_model_refusing_prefill(
+    server: FakeAnthropic, proxy: RunningProxy, kind: str
+) -> None:
+    reply = faults.continuable(KINDS[kind], repeat_words=1)
+    scripted = expected(KINDS[kind])
+    args = {**ARGS, "model": "claude-refuses"}
+    server.refuse_prefill("claude-refuses")
+    for n in positions(reply):
+        for name in ("reset", "api_error"):
+            _continuation.PREFILL_REFUSED.clear()
+            start = len(server.requests)
+            server.script(after_content(n, reply)[name])
+            server.default(reply)
+            check(read_sync(proxy.url, "create_stream", args), scripted)
+            requests = check_requests(server, start)
+            assert len(requests) >= 2, (n, name)
+            assert requests[-1].body["messages"][-1]["role"] == "user" or len(requests) == 2
+
+
 def test_the_log_line_the_attempts_and_the_summary(
     server: FakeAnthropic, proxy: RunningProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -333,3 +353,62 @@ def test_a_fault_before_content_is_still_a_plain_restart(
     assert seen == server.sent[1].content_events()  # byte for byte, as without resume
     assert server.requests[1].body == server.requests[0].body
     assert json.loads(server.requests[1].raw_body) == ARGS | {"stream": True}
+
+
+# -- real clients (tests/realclients.py): a reset after content is invisible ----------------------
+
+
+@pytest.mark.real_clients
+@pytest.mark.timeout(600)
+def test_ts_sdk_reads_one_whole_message_across_a_reset(
+    server: FakeAnthropic, proxy: RunningProxy
+) -> None:
+    from tests import realclients
+
+    reason = realclients.unavailable_reason()
+    installed = None if reason else realclients.ensure_installed()
+    if installed is None:
+        pytest.skip(reason or "the real clients are not installed")
+    reply = faults.continuable(KINDS["text"], repeat_words=2)
+    server.script(faults.reset_after(6, reply=reply))
+    server.default(reply)
+    result = realclients.run_ts_client(
+        proxy.url, "stream", 60.0, max_retries=0, install_dir=installed
+    )
+    assert result.ok, result.summary() + result.stderr[-2000:]
+    assert result.text == LONG
+    assert len(server.requests) == 2
+
+
+@pytest.mark.real_clients
+@pytest.mark.timeout(600)
+def test_claude_code_reads_one_whole_answer_across_a_reset(server: FakeAnthropic) -> None:
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from tests import realclients
+
+    reason = realclients.unavailable_reason()
+    installed = None if reason else realclients.ensure_installed()
+    if installed is None:
+        pytest.skip(reason or "the real clients are not installed")
+    reply = faults.continuable(KINDS["text"], repeat_words=2)
+    server.script(faults.reset_after(6, reply=reply))
+    server.default(reply)
+    command = Path(sys.executable).with_name("sdkguard")
+    sdkguard_command = str(command) if command.exists() else shutil.which("sdkguard")
+    assert sdkguard_command is not None
+    # the real command with its defaults: resume is on
+    wrapper = [sdkguard_command, "proxy", "--upstream", server.url, "--"]
+    result = realclients.run_claude(
+        None,
+        "say hi",
+        120.0,
+        env={"CLAUDE_CODE_MAX_RETRIES": "0", "API_TIMEOUT_MS": "20000"},
+        wrapper=wrapper,
+        install_dir=installed,
+    )
+    assert result.ok, result.summary() + result.stderr[-2000:]
+    assert result.text == LONG
+    assert any(r.body["messages"][-1]["role"] == "assistant" for r in server.requests)
