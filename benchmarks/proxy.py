@@ -753,6 +753,8 @@ def worker(job: dict[str, Any]) -> object:
 @dataclass
 class Results(common.Results):
     proxy_command: list[str] = field(default_factory=list)
+    proxy_version: str = ""
+    """The commit the proxy ran from (`+changes`: sdkguard/ had uncommitted changes)."""
     litellm: dict[str, Any] = field(default_factory=dict)
     """`version`, `command`, `ready_seconds`, or `skipped`: why it did not run."""
     samples: dict[str, Any] = field(default_factory=dict)
@@ -765,6 +767,8 @@ def measure(sizes: Sizes, mode: str, args: argparse.Namespace, out: Out) -> Resu
     results = begin(Results, "sdkguard proxy benchmark", sizes, mode, out)
     command = sdkguard_command(args, sizes)
     results.proxy_command = command
+    results.proxy_version = proxy_version()
+    out(f"sdkguard at {results.proxy_version}")
     skipped = (
         "skipped in --quick mode (CI's smoke run: installing LiteLLM takes minutes)"
         if mode == "quick"
@@ -1034,14 +1038,15 @@ def serve_paced(deltas: int, pause: float) -> int:
 
 
 def profile(upstream: str, deltas: int, label: str, top: int = 16) -> list[str]:
-    """The sdkguard proxy under cProfile over a few long streams: where its time goes.
+    """The sdkguard proxy under cProfile over a few long streams: where its CPU time goes.
 
-    The proxy is stopped with SIGINT, on which cProfile writes its file; the first stream is
-    a warm-up, but counted too (cProfile runs from the proxy's start)."""
+    cProfile's clock is the process's CPU time (time waiting in epoll is not counted); the
+    proxy is stopped with SIGINT, then the profile written; the first stream is a warm-up,
+    counted too (the profile runs from the proxy's start)."""
     target = LOGS / "proxy.prof"
     with suppress(FileNotFoundError):
         target.unlink()
-    command = [sys.executable, "-m", "cProfile", "-o", str(target), "-m", "sdkguard", "proxy"]
+    command = [sys.executable, str(Path(__file__)), "--profiled-proxy", str(target)]
     with sdkguard_proxy(command, upstream, LOGS / "sdkguard-proxy-profile.log") as proxy:
         job = {
             "kind": "long",
@@ -1058,7 +1063,7 @@ def profile(upstream: str, deltas: int, label: str, top: int = 16) -> list[str]:
     rows = sorted(stats.stats.items(), key=lambda item: -item[1][2])  # type: ignore[attr-defined]
     total = sum(row[2] for _, row in rows)
     lines = [
-        f"{label}: {events:,} events relayed, {total / events * 1e6:.2f} us of own time per "
+        f"{label}: {events:,} events relayed, {total / events * 1e6:.2f} us of CPU time per "
         "event in all (cProfile inflates small functions); the heaviest by own time:",
         "  calls/event  own us/event  cum us/event  function",
     ]
@@ -1453,7 +1458,8 @@ def markdown(results: Results) -> str:
     parts = [
         "## The proxy (`proxy.py`)",
         f"`{' '.join(Path(x).name if i == 0 else x for i, x in enumerate(results.proxy_command))}"
-        " --upstream FAKE --port N` against the plain `anthropic` SDK going direct to the fake "
+        f" --upstream FAKE --port N` (sdkguard {results.proxy_version}) against the plain "
+        "`anthropic` SDK going direct to the fake "
         "server (sdkguard not installed in the client processes), and " + litellm_line,
         f"**(a) Time to the first content event**, a three-delta answer read to the end, "
         f"{sizes.first_rounds} interleaved rounds:",
@@ -1502,7 +1508,39 @@ def markdown(results: Results) -> str:
 # --- command line ---------------------------------------------------------------------------
 
 
+def profiled_proxy(target: str, argv: Sequence[str]) -> int:
+    """`sdkguard proxy ARGV` under cProfile timed by the process CPU clock; the profile is
+    written to `target` when the proxy stops (SIGINT)."""
+    import cProfile
+
+    from sdkguard._cli import main as sdkguard_main
+
+    profiler = cProfile.Profile(time.process_time)
+    profiler.enable()
+    try:
+        return sdkguard_main(["proxy", *argv])
+    finally:
+        profiler.disable()
+        profiler.dump_stats(target)
+
+
+def proxy_version() -> str:
+    """The commit of the working tree the proxy runs from, `+changes` when sdkguard/ differs."""
+
+    def git(*args: str) -> str:
+        found = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        return found.stdout.strip()
+
+    with suppress(OSError, subprocess.SubprocessError):
+        dirty = git("status", "--porcelain", "--", "sdkguard")
+        return git("rev-parse", "--short", "HEAD") + (" +changes" if dirty else "")
+    return "?"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["--profiled-proxy"] and len(args_list) > 1:
+        return profiled_proxy(args_list[1], args_list[2:])
     parser = argparse.ArgumentParser(
         prog="benchmarks/proxy.py",
         description="sdkguard proxy vs direct, and LiteLLM's proxy, over loopback.",
