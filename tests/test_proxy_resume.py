@@ -310,6 +310,36 @@ def test_requests_not_continued_end_with_the_error_event(
     assert len(server.requests) == 1
 
 
+def test_a_continuation_answered_529_is_tried_again(
+    server: FakeAnthropic, proxy: RunningProxy
+) -> None:
+    reply = faults.continuable(KINDS["text"], repeat_words=1)
+    server.script(
+        faults.reset_after(6, reply=reply), faults.status(529, headers={"retry-after": "0"})
+    )
+    server.default(reply)
+    events, _ = read_sync(proxy.url, "create_stream", ARGS)
+    assert events is not None
+    check_events(events, expected(KINDS["text"])["content"])
+    assert len(check_requests(server)) == 3
+
+
+def test_a_continuation_refused_otherwise_ends_with_the_error_event(
+    server: FakeAnthropic, proxy: RunningProxy
+) -> None:
+    reply = faults.continuable(KINDS["text"])
+    server.script(faults.reset_after(6, reply=reply), faults.status(400, message="no"))
+    with (
+        anthropic.Anthropic(base_url=proxy.url, api_key=SECRET_KEY, max_retries=0) as client,
+        pytest.raises(anthropic.APIStatusError) as raised,
+        client.messages.create(**ARGS, stream=True) as stream,
+    ):
+        list(stream)
+    body = raised.value.body
+    assert isinstance(body, dict) and "sdkguard proxy" in body["error"]["message"]
+    assert len(server.requests) == 2 and proxy.stats.failures == 1
+
+
 def test_the_apis_own_error_after_content_is_relayed(
     server: FakeAnthropic, proxy: RunningProxy
 ) -> None:
@@ -412,3 +442,98 @@ def test_claude_code_reads_one_whole_answer_across_a_reset(server: FakeAnthropic
     assert result.ok, result.summary() + result.stderr[-2000:]
     assert result.text == LONG
     assert any(r.body["messages"][-1]["role"] == "assistant" for r in server.requests)
+
+
+# -- the command line -------------------------------------------------------------------------
+
+COMMAND_CLIENT = """
+import anthropic, json, sys
+client = anthropic.Anthropic(max_retries=0)  # ANTHROPIC_BASE_URL: the proxy
+args = json.loads(sys.argv[1])
+try:
+    with client.messages.stream(**args) as s:
+        print(json.dumps(s.get_final_text()))
+except anthropic.APIStatusError as err:
+    print(json.dumps({"error": err.body}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("options", "variable", "resumed"),
+    [
+        ([], None, True),
+        (["--no-resume"], None, False),
+        ([], "0", False),
+        (["--resume"], "0", True),
+    ],
+)
+def test_the_option_and_the_variable(
+    server: FakeAnthropic, options: list[str], variable: str | None, resumed: bool
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.test_proxy_cli import FAST_OPTIONS, command_env
+
+    env = command_env()
+    if variable is not None:
+        env["SDKGUARD_RESUME"] = variable
+    reply = faults.continuable(KINDS["text"])
+    server.script(faults.reset_after(6, reply=reply))
+    server.default(reply)
+    result = subprocess.run(
+        [sys.executable, "-m", "sdkguard", "proxy", "--upstream", server.url, *FAST_OPTIONS,
+         *options, "--", sys.executable, "-c", COMMAND_CLIENT, json.dumps(ARGS)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+    summary = result.stderr.splitlines()[-1]
+    if resumed:
+        assert got == LONG
+        assert "0 failures, 1 continuation;" in summary, summary
+    else:
+        assert got["error"]["error"]["type"] == "overloaded_error"
+        assert "1 failure, 0 continuations;" in summary, summary
+
+
+# -- telemetry --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["stream_helper", "create"])
+def test_the_spans_of_a_continued_call(
+    server: FakeAnthropic, proxy: RunningProxy, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from tests.test_proxy_telemetry import (
+        Recorded,
+        attrs,
+        client_of,
+        the_tree,
+        use_global_providers,
+    )
+
+    scripted = expected(KINDS["text"])
+    otel = Recorded()
+    use_global_providers(monkeypatch, otel.tracer_provider, otel.meter_provider)
+    try:
+        reply = faults.continuable(KINDS["text"])
+        server.script(faults.reset_after(6, reply=reply))
+        server.default(reply)
+        with client_of(proxy.url) as client:
+            if mode == "create":
+                message = client.messages.create(**ARGS).to_dict()
+            else:
+                with client.messages.stream(**ARGS) as helper:
+                    for _ in helper:
+                        pass
+                    message = helper.get_final_message().to_dict()
+        check((None, message), scripted)
+        _, call, attempts = the_tree(otel)
+        assert [attrs(a)["sdkguard.outcome"] for a in attempts] == ["continued", "success"]
+        assert "error.type" not in attrs(call)
+        assert attrs(call)["gen_ai.usage.input_tokens"] == 20  # both attempts' input
+        assert attrs(call)["gen_ai.response.finish_reasons"] == ("end_turn",)
+    finally:
+        otel.tracer_provider.shutdown()
+        otel.meter_provider.shutdown()

@@ -458,12 +458,12 @@ class Relay:
                 if outcome == "answered":
                     self._succeeded(call)
                     return
-                if not failed.committed:  # a converted call: restarted, as without resume
+                if not call.committed:  # a converted call: restarted, as without resume
                     call.resume.reset()
                     if not await self._retry(call, failed):
                         return
                     continue
-            if failed.committed:
+            if failed.committed or call.committed:
                 if call.telemetry is not None:
                     self._lost_after_content(call, failed)
                 await self._after_content(call, failed)
