@@ -285,6 +285,24 @@ def test_attempts_run_out_the_client_gets_the_error_event(
     assert proxy.stats.failures == 1 and proxy.stats.continuations == 4
 
 
+def test_continuations_end_at_the_calls_deadline(server: FakeAnthropic) -> None:
+    reply = faults.continuable(KINDS["text"])
+    policy = {**RESUME, "deadline": "0.8", "max_attempts": "50"}
+    server.script(faults.reset_after(6, reply=reply))
+    server.default(faults.stall_after(3, reply=reply))  # every continuation goes silent
+    with (
+        start_proxy(server.url, policy=policy) as proxy,
+        anthropic.Anthropic(base_url=proxy.url, api_key=SECRET_KEY, max_retries=0) as client,
+        pytest.raises(anthropic.APIStatusError) as raised,
+        client.messages.create(**ARGS, stream=True) as stream,
+    ):
+        list(stream)
+    body = raised.value.body
+    assert isinstance(body, dict) and body["error"]["type"] == "overloaded_error"
+    assert "deadline" in body["error"]["message"]
+    assert 2 <= len(server.requests) < 10
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -537,3 +555,28 @@ def test_the_spans_of_a_continued_call(
     finally:
         otel.tracer_provider.shutdown()
         otel.meter_provider.shutdown()
+
+
+# -- the relay's event splitter -----------------------------------------------------------------
+
+
+def test_events_are_split_in_one_pass_as_the_boundary_search_does() -> None:
+    import random
+
+    from sdkguard.proxy._relay import _events, _first_event_end
+
+    def reference(buf: bytes) -> list[bytes]:
+        events, start = [], 0
+        while (end := _first_event_end(buf, start)) >= 0:
+            events.append(buf[start:end])
+            start = end
+        return events
+
+    rng = random.Random(15)
+    for _ in range(5000):
+        buf = bytes(rng.choice(b"ab\r\n") for _ in range(rng.randint(0, 40)))
+        assert _events(buf) == reference(buf), buf
+    event = b'event: ping\ndata: {"type": "ping"}\n\n'
+    assert _events(event * 3 + b"event: pi") == [event] * 3
+    crlf = event.replace(b"\n", b"\r\n")
+    assert _events(crlf * 2) == [crlf] * 2

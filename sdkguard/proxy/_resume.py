@@ -20,7 +20,7 @@ from typing import Any
 
 from sdkguard import _continuation
 from sdkguard._continuation import Holder, Splicer
-from sdkguard._protocol import StreamProtocol, sse_data, sse_event_name
+from sdkguard._protocol import StreamProtocol, sse_data
 
 __all__ = ["Resume", "sse_event"]
 
@@ -77,9 +77,9 @@ class Resume:
 
     # -- events -----------------------------------------------------------------------------
 
-    def process(self, event: bytes) -> bytes:
-        """The bytes to relay for one event from the upstream (after the commit point)."""
-        kind = sse_event_name(event)
+    def process(self, event: bytes, kind: str | None) -> bytes:
+        """The bytes to relay for one event from the upstream (after the commit point), its
+        `event:` name `kind` (`sse_event_name`)."""
         if kind is None or kind == "ping":
             return event  # pings and comments: no JSON, nothing to record
         try:
@@ -91,13 +91,12 @@ class Resume:
         splicer = self.splicer
         if splicer is None:
             return self._deliver(kind, data, event)
-        out = b""
         spliced = splicer.feed(data)
         if len(spliced) == 1 and spliced[0] == data:
             return self._deliver(kind, data, event)  # unchanged: byte for byte
-        for item in spliced:
-            out += self._deliver(str(item.get("type")), item, sse_event(item))
-        return out
+        return b"".join(
+            [self._deliver(str(item.get("type")), item, sse_event(item)) for item in spliced]
+        )
 
     def _deliver(self, kind: str, data: dict[str, Any], event: bytes) -> bytes:
         block_type = None
