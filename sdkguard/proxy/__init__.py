@@ -2,8 +2,9 @@
 
 Point a client's `ANTHROPIC_BASE_URL` at it (Claude Code, the TypeScript SDK, curl, the Python
 SDK without sdkguard): it forwards to the upstream API with the library's decision core and
-stream protocol, so a failure before content is invisible, and one after content ends the
-stream with an error event. See docs/proxy.md.
+stream protocol, so a failure before content is invisible, and one after content is
+continued in the same stream (`resume`, on by default here; off: the stream ends with an
+error event). See docs/proxy.md.
 
 Needs the `proxy` extra (`pip install 'sdkguard[proxy]'`, aiohttp). `import sdkguard` does not
 import this package, and importing this package does not import aiohttp: the serving names
