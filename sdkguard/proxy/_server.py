@@ -36,6 +36,8 @@ _MAX_HEADER_BYTES = 64 * 1024
 # What telemetry records of a request body: scalars that say how the call was made, no content.
 _TELEMETRY_FIELDS = ("model", "max_tokens", "temperature", "top_p", "top_k")
 
+_LISTEN_BACKLOG = 1024
+
 
 class _Refused(Exception):
     def __init__(self, status: int, error_type: str, message: str) -> None:
@@ -133,7 +135,9 @@ class ProxyServer:
         )
         runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.port)
+        # A deep listen queue: aiohttp's 128 overflowed under a burst of 1,000 streams (the
+        # kernel answered with SYN cookies and some connections were reset).
+        site = web.TCPSite(runner, self.config.host, self.config.port, backlog=_LISTEN_BACKLOG)
         try:
             await site.start()
         except BaseException:
