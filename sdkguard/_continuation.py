@@ -19,6 +19,7 @@ import copy
 import json
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
@@ -26,12 +27,14 @@ __all__ = [
     "PREFILL_REFUSED",
     "Holder",
     "NotContinued",
+    "Plan",
     "Splicer",
     "continuation_body",
     "delivered_tokens",
     "is_prefill_refusal",
     "not_continued_reason",
     "overlap",
+    "plan",
     "prior_usage",
 ]
 
@@ -182,6 +185,62 @@ def prior_usage(
             total[key] += int(usage.get(key) or 0)
     total["output_tokens"] = delivered_tokens(delivered)
     return total
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The next continuation of a delivered message, for the library and the proxy alike."""
+
+    body: dict[str, Any]
+    """The request to send: with the delivered part as a prefill, or followed by a user turn."""
+    user_turn: dict[str, Any]
+    """The request with the user turn (the same as `body` when no prefill is tried)."""
+    prefill: bool
+    splicer: Splicer
+    """Splices the continuation's answer into what was delivered."""
+    inputs: list[dict[str, Any]]
+    """The input usage of every attempt abandoned so far, this one included."""
+
+
+def plan(
+    request: Any,
+    model: str,
+    delivered: dict[str, Any] | None,
+    *,
+    block_indices: Iterable[int],
+    open_block: int | None,
+    previous: Splicer | None,
+    inputs: list[dict[str, Any]],
+) -> Plan | str:
+    """Plan the continuation of `delivered` (the message as far as the consumer got it) for
+    `request`; or say why it cannot be continued.
+
+    Prefill is tried unless `model` was seen refusing it. `block_indices` are the indices of
+    the blocks delivered and `open_block` the one not stopped yet; `previous` is the splicer
+    of the continuation before this one, if any.
+    """
+    if delivered is None:
+        return "nothing of the message was recorded"
+    prefill = model not in PREFILL_REFUSED
+    try:
+        body, stripped = continuation_body(request, delivered, prefill=prefill)
+        user_turn = continuation_body(request, delivered, prefill=False)[0] if prefill else body
+    except NotContinued as why:
+        return str(why)
+    start = previous.start_usage if previous is not None else delivered["usage"]
+    inputs = [*inputs, start or {}]
+    content = delivered.get("content") or []
+    last: Mapping[str, Any] = content[-1] if content else {}
+    last_index = max(block_indices, default=-1)
+    last_text = str(last.get("text", "")) if last.get("type") == "text" else None
+    splicer = Splicer(
+        blocks=last_index + 1,
+        open_text=last_text if open_block == last_index else None,
+        stripped=stripped,
+        prior=prior_usage(inputs, delivered),
+        last_text=last_text or "",
+    )
+    return Plan(body, user_turn, prefill, splicer, inputs)
 
 
 def _word_starts(text: str) -> list[int]:

@@ -244,56 +244,34 @@ class _Resume:
         self.inputs: list[dict[str, Any]] = []
         """The input usage of each attempt abandoned so far."""
         self.splicer: _continuation.Splicer | None = None
-        self.planned: tuple[Any, str, _continuation.Splicer] | None = None
+        self.planned: _continuation.Plan | None = None
         self.prefill = False
         self.user_turn: Any = None
 
     def plan(self) -> str | None:
         """Plan the next continuation; None, or why the message cannot be continued."""
         protocol = self.guard.protocol
-        delivered = protocol.message_data()
-        if delivered is None:
-            return "nothing of the message was recorded"
-        prefill = self.model not in _PREFILL_REFUSED
-        try:
-            body, stripped = _continuation.continuation_body(self.body, delivered, prefill=prefill)
-            user_turn = (
-                _continuation.continuation_body(self.body, delivered, prefill=False)[0]
-                if prefill
-                else body
-            )
-        except _continuation.NotContinued as why:
-            return str(why)
-        start = self.splicer.start_usage if self.splicer is not None else delivered["usage"]
-        inputs = [*self.inputs, start or {}]
-        content = delivered.get("content") or []
-        last = content[-1] if content else None
-        open_text = (
-            last.get("text", "")
-            if last is not None
-            and last.get("type") == "text"
-            and protocol.open_block == max(protocol.blocks, default=-1)
-            else None
+        planned = _continuation.plan(
+            self.body,
+            self.model,
+            protocol.message_data(),
+            block_indices=protocol.blocks,
+            open_block=protocol.open_block,
+            previous=self.splicer,
+            inputs=self.inputs,
         )
-        last_text = last.get("text", "") if last is not None and last.get("type") == "text" else ""
-        splicer = _continuation.Splicer(
-            blocks=max(protocol.blocks, default=-1) + 1,
-            open_text=open_text,
-            stripped=stripped,
-            prior=_continuation.prior_usage(inputs, delivered),
-            last_text=last_text,
-        )
-        self.planned = (body, stripped, splicer)
-        self.prefill, self.user_turn = prefill, user_turn
-        self.inputs = inputs
+        if isinstance(planned, str):
+            return planned
+        self.planned = planned
+        self.prefill, self.user_turn = planned.prefill, planned.user_turn
+        self.inputs = planned.inputs
         return None
 
     def begin(self) -> None:
         """The planned continuation is the next attempt's request."""
         assert self.planned is not None
-        body, _, splicer = self.planned
-        self.splicer = splicer
-        self.guard.call.continue_with(body)
+        self.splicer = self.planned.splicer
+        self.guard.call.continue_with(self.planned.body)
 
     def sent(self, send: Callable[[Any], Any], options: Any) -> Any:
         if not self.prefill:
@@ -331,7 +309,7 @@ class _Resume:
         """The same attempt with the user turn in place of the prefill (no attempt spent)."""
         self.prefill = False
         assert self.planned is not None
-        _, _, splicer = self.planned
+        splicer = self.planned.splicer
         splicer.stripped = ""
         self.guard.call.continue_with(self.user_turn)
         return _sdk.with_json_body(options, self.user_turn)

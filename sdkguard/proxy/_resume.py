@@ -133,35 +133,20 @@ class Resume:
             if isinstance(self.body, dict):
                 self.model = str(self.body.get("model"))
         protocol = self.delivered
-        delivered = protocol.message_data()
-        if delivered is None:
-            return "nothing of the message was recorded"
-        prefill = self.model not in _continuation.PREFILL_REFUSED
-        try:
-            body, stripped = _continuation.continuation_body(self.body, delivered, prefill=prefill)
-            user_turn = (
-                _continuation.continuation_body(self.body, delivered, prefill=False)[0]
-                if prefill
-                else body
-            )
-        except _continuation.NotContinued as why:
-            return str(why)
-        start = self.splicer.start_usage if self.splicer is not None else delivered["usage"]
-        inputs = [*self.inputs, start or {}]
-        content = delivered.get("content") or []
-        last: dict[str, Any] = content[-1] if content else {}
-        last_index = max(protocol.blocks, default=-1)
-        last_text = str(last.get("text", "")) if last.get("type") == "text" else None
-        open_text = last_text if protocol.open_block == last_index else None
-        splicer = Splicer(
-            blocks=last_index + 1,
-            open_text=open_text,
-            stripped=stripped,
-            prior=_continuation.prior_usage(inputs, delivered),
-            last_text=last_text or "",
+        planned = _continuation.plan(
+            self.body,
+            self.model,
+            protocol.message_data(),
+            block_indices=protocol.blocks,
+            open_block=protocol.open_block,
+            previous=self.splicer,
+            inputs=self.inputs,
         )
-        self.planned = (_encoded(body), _encoded(user_turn), prefill, splicer)
-        self.inputs = inputs
+        if isinstance(planned, str):
+            return planned
+        encoded_user_turn = _encoded(planned.user_turn)
+        self.planned = (_encoded(planned.body), encoded_user_turn, planned.prefill, planned.splicer)
+        self.inputs = planned.inputs
         return None
 
     def begin(self) -> None:
