@@ -5,7 +5,8 @@
 Starts one `FakeAnthropic` on 127.0.0.1 per `--server NAME=ANSWER` and prints one JSON line
 with their URLs. ANSWER is what every Messages request gets (the server's default), written
 as for `python -m sdkguard.testing serve --fault` (`reset_after:3`, `stall_after:0,0.02`,
-...), plus `ok:N`: one text block in N `text_delta` events.
+...), plus `ok:N`: one text block in N `text_delta` events, and `continuable:N` /
+`continuable_reset_after:K,N`: N words a delta each, as `faults.continuable` answers.
 
 Then it reads commands, one per line, from stdin, and answers `ok` to each:
 
@@ -33,12 +34,24 @@ from sdkguard.testing.__main__ import parse_fault
 from sdkguard.testing.faults import Answer
 
 
+def continuable(deltas: int) -> faults.Continuable:
+    """One text block of `deltas` words, a delta each, answered as a model continues it."""
+    return faults.continuable(faults.ok(faults.text("word " * deltas, deltas=deltas)))
+
+
 def parse_answer(spec: str) -> Answer:
-    """`ok:N` (one text block in N deltas), or any fault spec of `sdkguard.testing serve`."""
+    """`ok:N` (one text block in N deltas), `continuable:N` (N words, a delta each, continued
+    as `faults.continuable` does), `continuable_reset_after:K,N` (that answer reset after K
+    events), or any fault spec of `sdkguard.testing serve`."""
     name, _, count = spec.partition(":")
     if name == "ok" and count:
         deltas = int(count)
         return faults.ok(faults.text("x" * deltas, deltas=deltas))
+    if name == "continuable":
+        return continuable(int(count))
+    if name == "continuable_reset_after":
+        after, deltas = (int(x) for x in count.split(","))
+        return faults.reset_after(after, reply=continuable(deltas))
     return parse_fault(spec)
 
 

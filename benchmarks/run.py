@@ -28,7 +28,15 @@ from typing import Any
 from _chart import render
 from _common import HERE, machine_line, md_table, status_cell
 
-BENCHMARKS = ("overhead", "tracing", "resilience", "concurrency", "startup", "proxy")
+BENCHMARKS = (
+    "overhead",
+    "tracing",
+    "resilience",
+    "concurrency",
+    "startup",
+    "proxy",
+    "continuation",
+)
 # The order of issue 6's table.
 FIGURES = (
     "stream overhead",
@@ -46,6 +54,9 @@ FIGURES = (
     "proxy: CPU per event",
     "proxy: memory",
     "proxy: concurrency",
+    # issue 15: `resume`
+    "continuation: latency",
+    "continuation: client CPU",
 )
 CHART = "timeline.png"
 
