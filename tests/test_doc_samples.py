@@ -20,8 +20,9 @@ fence, `<!-- sample: DIRECTIVE -->`; several directives may share one comment, s
 - `answers SPEC...`: the environment's server answers the sample's requests with these, in
   order (the command line server's `--fault` syntax, e.g. `answers reset_after:3`); the test
   checks that the sample used them all.
-- `needs MODULE`: the sample is skipped, saying so, when MODULE cannot be imported (an SDK
-  release without `httpx2`, say).
+- `needs MODULE`: the sample is skipped, saying so, when MODULE cannot be imported;
+  `needs DISTRIBUTION>=X.Y` when that distribution is older (`anthropic>=1.0`: the SDK raises
+  `httpx2` errors from 1.0, `httpx` errors before; the version matrix runs 0.93).
 - `skip (REASON)`: the block is not run; the reason is required and shown by `pytest -ra`.
   For what cannot run here (a signature, a remote collector); keep them few.
 - `output`, before a ```text block: every line of that block must appear in what the previous
@@ -35,6 +36,7 @@ Python block can hide from this module under a bare fence.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import re
@@ -225,6 +227,10 @@ def sample_environment(base_url: str) -> dict[str, str]:
     return env
 
 
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
 def normalized(text: str) -> str:
     return _NUMBER.sub("N", text).strip()
 
@@ -233,9 +239,14 @@ def normalized(text: str) -> str:
 def test_sample_runs_as_written(sample: Sample, server: FakeAnthropic, tmp_path: Path) -> None:
     if sample.skip is not None:
         pytest.skip(f"marked: {sample.skip}")
-    for module in sample.needs:
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"needs {module}, which is not installed here")
+    for need in sample.needs:
+        name, _, floor = need.partition(">=")
+        if floor:
+            have = importlib.metadata.version(name)
+            if _release(have) < _release(floor):
+                pytest.skip(f"needs {need}, {name} {have} is installed here")
+        elif importlib.util.find_spec(need) is None:
+            pytest.skip(f"needs {need}, which is not installed here")
     if sample.answers:
         server.script(*(parse_fault(spec) for spec in sample.answers))
     env = sample_environment(server.url)

@@ -27,6 +27,7 @@ from sdkguard.testing import FakeAnthropic, faults
 pytest.importorskip("aiohttp")
 
 from sdkguard.proxy import ProxyConfig, RunningProxy, proxy_policy
+from tests.helpers import OverloadedError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -264,7 +265,7 @@ def test_giving_up_passes_the_upstreams_529_on(
     server: FakeAnthropic, plain_client: anthropic.Anthropic
 ) -> None:
     server.script(*[faults.status(529, headers={"retry-after": "0"})] * 5)
-    with pytest.raises(anthropic.OverloadedError) as raised:
+    with pytest.raises(OverloadedError) as raised:
         plain_client.messages.create(**ARGS, stream=True)
     assert raised.value.response.headers["x-sdkguard-attempts"] == "5"
     assert len(server.requests) == 5
@@ -334,7 +335,7 @@ def test_an_sse_error_on_every_attempt_reaches_the_client_as_sent(
     assert isinstance(body, dict) and body["error"]["type"] == "overloaded_error"
     assert len(server.requests) == 5
     server.script(*[faults.sse_error_after(2)] * 5)
-    with pytest.raises(anthropic.OverloadedError):  # a plain call: the status a plain call gets
+    with pytest.raises(OverloadedError):  # a plain call: the status a plain call gets
         plain_client.messages.create(**ARGS)
 
 

@@ -64,11 +64,12 @@ def proxy(server: FakeAnthropic) -> Iterator[RunningProxy]:
 
 
 def expected(reply: faults.Ok) -> dict[str, Any]:
-    """The scripted message, as the API's JSON has it."""
+    """The scripted message, as the API's JSON has it (no null fields: SDK releases before
+    1.0 set `citations=None` on the blocks their stream helper builds)."""
     with FakeAnthropic() as fake:
         fake.default(reply)
         with anthropic.Anthropic(base_url=fake.url, api_key="k", max_retries=0) as client:
-            return client.messages.create(**ARGS).to_dict()
+            return client.messages.create(**ARGS).to_dict(exclude_none=True)
 
 
 Read = tuple[list[tuple[str, dict[str, Any]]] | None, dict[str, Any]]
@@ -85,8 +86,8 @@ def read_sync(url: str, mode: str, args: dict[str, Any]) -> Read:
             with client.messages.stream(**args) as helper:
                 for _ in helper:  # read as it comes
                     pass
-                return None, helper.get_final_message().to_dict()
-        return None, client.messages.create(**args).to_dict()
+                return None, helper.get_final_message().to_dict(exclude_none=True)
+        return None, client.messages.create(**args).to_dict(exclude_none=True)
 
 
 def read_async(url: str, mode: str, args: dict[str, Any]) -> Read:
@@ -102,8 +103,8 @@ def read_async(url: str, mode: str, args: dict[str, Any]) -> Read:
                 async with client.messages.stream(**args) as helper:
                     async for _ in helper:
                         pass
-                    return None, (await helper.get_final_message()).to_dict()
-            return None, (await client.messages.create(**args)).to_dict()
+                    return None, (await helper.get_final_message()).to_dict(exclude_none=True)
+            return None, (await client.messages.create(**args)).to_dict(exclude_none=True)
 
     return asyncio.run(main())
 
@@ -540,12 +541,12 @@ def test_the_spans_of_a_continued_call(
         server.default(reply)
         with client_of(proxy.url) as client:
             if mode == "create":
-                message = client.messages.create(**ARGS).to_dict()
+                message = client.messages.create(**ARGS).to_dict(exclude_none=True)
             else:
                 with client.messages.stream(**ARGS) as helper:
                     for _ in helper:
                         pass
-                    message = helper.get_final_message().to_dict()
+                    message = helper.get_final_message().to_dict(exclude_none=True)
         check((None, message), scripted)
         _, call, attempts = the_tree(otel)
         assert [attrs(a)["sdkguard.outcome"] for a in attempts] == ["continued", "success"]
