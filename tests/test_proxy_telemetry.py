@@ -21,11 +21,7 @@ from typing import Any
 import anthropic
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 
 import sdkguard
 from sdkguard import _telemetry
@@ -33,6 +29,7 @@ from sdkguard._decide import BUDGET
 from sdkguard.testing import FakeAnthropic, faults
 from tests.helpers import WITHOUT_SDK_TRACING, use_global_providers
 from tests.test_demo_otlp import EXPORTER, MISSING, Collector
+from tests.test_telemetry import Recorded as LibraryRecorded
 
 pytest.importorskip("aiohttp")
 
@@ -47,16 +44,8 @@ PROMPT = ARGS["messages"][0]["content"]
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
-class Recorded:
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.reader = InMemoryMetricReader()
-        self.meter_provider = MeterProvider(metric_readers=[self.reader])
-
-    def spans(self) -> list[ReadableSpan]:
-        return list(self.exporter.get_finished_spans())
+class Recorded(LibraryRecorded):
+    """The library tests' in-memory providers, with the proxy's SERVER spans apart."""
 
     def wait_for_servers(self, count: int) -> list[ReadableSpan]:
         """The SERVER spans, once `count` have ended (a handler ends after its client has
@@ -70,19 +59,6 @@ class Recorded:
 
     def calls(self) -> list[ReadableSpan]:
         return [s for s in self.spans() if s.kind == trace.SpanKind.CLIENT]
-
-    def attempts(self) -> list[ReadableSpan]:
-        return [s for s in self.spans() if s.name == "sdkguard.attempt"]
-
-    def points(self, name: str) -> list[Any]:
-        data = self.reader.get_metrics_data()
-        points: list[Any] = []
-        for resource in data.resource_metrics if data else ():
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    if metric.name == name:
-                        points.extend(metric.data.data_points)
-        return points
 
 
 @pytest.fixture
@@ -188,23 +164,24 @@ def test_a_retried_stream(server: FakeAnthropic, proxy: RunningProxy, otel: Reco
     assert attrs(second)["anthropic.request.id"]  # the API's id for the request, for support
 
     # The metrics, counted once for the one call.
-    (duration,) = otel.points("gen_ai.client.operation.duration")
+    (duration,) = otel.metric_points("gen_ai.client.operation.duration")
     assert duration.count == 1 and duration.attributes["gen_ai.request.model"] == "claude-test"
     tokens = {
-        p.attributes["gen_ai.token.type"]: p for p in otel.points("gen_ai.client.token.usage")
+        p.attributes["gen_ai.token.type"]: p
+        for p in otel.metric_points("gen_ai.client.token.usage")
     }
     assert sorted(tokens) == ["input", "output"]
     assert tokens["input"].count == 1 and tokens["input"].sum == 10
-    (first_chunk,) = otel.points("gen_ai.client.operation.time_to_first_chunk")
+    (first_chunk,) = otel.metric_points("gen_ai.client.operation.time_to_first_chunk")
     assert first_chunk.count == 1
     counted = {
         (p.attributes["sdkguard.outcome"], p.attributes.get("sdkguard.reason")): p.value
-        for p in otel.points("sdkguard.attempts")
+        for p in otel.metric_points("sdkguard.attempts")
     }
     assert counted == {("retry", "connection_reset"): 1, ("success", None): 1}
-    (wait,) = otel.points("sdkguard.retry.wait")
+    (wait,) = otel.metric_points("sdkguard.retry.wait")
     assert wait.count == 1 and wait.attributes == {"sdkguard.reason": "connection_reset"}
-    assert otel.points("sdkguard.stalls") == []
+    assert otel.metric_points("sdkguard.stalls") == []
 
 
 def test_a_silent_stream_is_a_stall_event(
@@ -221,7 +198,7 @@ def test_a_silent_stream_is_a_stall_event(
         ("sdkguard.retry_scheduled", {"sdkguard.retry.wait": attrs(first)["sdkguard.retry.wait"]}),
     ]
     assert attrs(second)["sdkguard.outcome"] == "success"
-    (stalls,) = otel.points("sdkguard.stalls")
+    (stalls,) = otel.metric_points("sdkguard.stalls")
     assert stalls.value == 1 and stalls.attributes == {"sdkguard.limit": "idle_timeout"}
     assert attrs(call)["sdkguard.attempts"] == 2
 
@@ -246,9 +223,9 @@ def test_a_plain_call_with_a_529_first(
         "status_529",
     )
     assert attrs(second)["sdkguard.outcome"] == "success"
-    (first_chunk,) = otel.points("gen_ai.client.operation.time_to_first_chunk")
+    (first_chunk,) = otel.metric_points("gen_ai.client.operation.time_to_first_chunk")
     assert first_chunk.count == 1
-    (duration,) = otel.points("gen_ai.client.operation.duration")
+    (duration,) = otel.metric_points("gen_ai.client.operation.duration")
     assert duration.count == 1
 
 
@@ -278,7 +255,7 @@ def test_content_lost_after_it_reached_the_client(
     )
     # Usage as far as the message went: message_start's input tokens.
     assert attrs(call)["gen_ai.usage.input_tokens"] == 10
-    (duration,) = otel.points("gen_ai.client.operation.duration")
+    (duration,) = otel.metric_points("gen_ai.client.operation.duration")
     assert duration.attributes["error.type"] == "connection_reset"
 
 
