@@ -57,6 +57,8 @@ FIGURES = (
     # issue 15: `resume`
     "continuation: latency",
     "continuation: client CPU",
+    "continuation: held thinking",
+    "continuation: held tool call",
 )
 CHART = "timeline.png"
 
