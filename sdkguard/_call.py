@@ -50,6 +50,8 @@ class Step:
 
     wait: float = 0.0
     error: BaseException | None = None
+    continued: bool = False
+    """The next attempt continues the message (`resume`) instead of starting it again."""
 
 
 def _min(a: float | None, b: float | None, c: float | None = None) -> float | None:
@@ -234,8 +236,10 @@ class GuardedCall:
     ) -> Step:
         """The step after attempt `self.state.attempt` raised `err`.
 
-        `continuation` (`resume` on): after the commit point, whether the message can be
-        continued (None) or why not; a continuation is an attempt like any retry.
+        `committed`: content reached the caller, so the call cannot start again.
+        `continuation` (`resume` on, after the commit point): plans the message's continuation
+        and says None, or why it cannot be continued; a continuation is an attempt like any
+        retry. A call that cannot be continued starts again unless it is `committed`.
         `response`: the attempt's http response, when it got one (a stream's body failed);
         `events`: how many events of the message it received, and the type of the last.
         """
@@ -252,9 +256,10 @@ class GuardedCall:
             # stall limit it stood in for.
             failure = _deadline_failure(phase)
         why_not_continued = None
-        if committed and continuation is not None and failure.retryable:
+        if continuation is not None and failure.retryable:
             why_not_continued = continuation()
-        if committed and (continuation is None or why_not_continued is not None):
+        continuing = continuation is not None and failure.retryable and why_not_continued is None
+        if committed and not continuing and (continuation is None or why_not_continued is not None):
             why_not = "content had already reached the caller"
             if why_not_continued is not None:
                 why_not += f", and the message is not continued: {why_not_continued}"
@@ -272,7 +277,7 @@ class GuardedCall:
                 err,
                 wait,
                 stall=stall,
-                continued=committed and wait is not None,
+                continued=continuing and wait is not None,
                 received=received,
             )
             if wait is None:
@@ -280,8 +285,8 @@ class GuardedCall:
         if decision.retry:
             if failure.reason == "stall_response" and self.unconverted is not None:
                 self._fall_back()
-            self._announce(failure, err, decision.wait, now, received, continued=committed)
-            return Step(wait=decision.wait)
+            self._announce(failure, err, decision.wait, now, received, continued=continuing)
+            return Step(wait=decision.wait, continued=continuing)
         return Step(error=self._give_up(err, failure, decision, committed, partial))
 
     def _received(
@@ -304,6 +309,11 @@ class GuardedCall:
             None if events is None else events[1],
             errno_name(err),
         )
+
+    def headers_came(self) -> None:
+        """A plain call's stream got its headers: the host does not buffer streams, and its
+        later attempts (restarts, continuations) stay streams."""
+        self.unconverted = None
 
     def _fall_back(self) -> None:
         """A plain call's stream got no headers in time: send the call as the caller made it.

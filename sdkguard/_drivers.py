@@ -87,6 +87,7 @@ def _plain_sync(wrapped: Callable[..., Any], sdk_call: _sdk.SdkCall, policy: Pol
     if not call.stream:
         call.succeeded(stream)
         return stream
+    call.headers_came()
     try:
         delivered = drain_sync(call, stream, send)
     except anthropic.APIStatusError as err:
@@ -133,6 +134,7 @@ async def _plain_async(wrapped: Callable[..., Any], sdk_call: _sdk.SdkCall, poli
     if not call.stream:
         call.succeeded(stream)
         return stream
+    call.headers_came()
     try:
         delivered = await drain_async(call, stream, send)
     except anthropic.APIStatusError as err:

@@ -65,6 +65,7 @@ class StreamProtocol:
         "message_delta",
         "open_block",
         "raw",
+        "stopped",
     )
 
     def __init__(self, *, raw: bool = False, keep_content: bool = True) -> None:
@@ -77,6 +78,8 @@ class StreamProtocol:
         self.committed = False
         self.complete = False
         """`message_delta` (or `message_stop`) arrived: the message is whole."""
+        self.stopped = False
+        """`message_stop` arrived."""
         self.held: list[Any] = []
         self.message: _sdk.Frozen | None = None
         self.blocks: dict[int, list[Any]] = {}
@@ -138,7 +141,7 @@ class StreamProtocol:
             self.message_delta = event
             self.complete = True
         elif kind == "message_stop":
-            self.complete = True
+            self.complete = self.stopped = True
 
     def record_raw(self, event: bytes) -> None:
         """Record a delivered raw SSE event (after the commit point)."""
@@ -147,7 +150,8 @@ class StreamProtocol:
             self.open_block = None
             return
         if kind in ("message_stop", "ping") or kind is None:
-            self.complete = self.complete or kind == "message_stop"
+            if kind == "message_stop":
+                self.complete = self.stopped = True
             return
         if not self.keep_content:
             self.complete = self.complete or kind == "message_delta"
@@ -163,7 +167,7 @@ class StreamProtocol:
             self.open_block = None
             return
         if kind == "message_stop":
-            self.complete = True
+            self.complete = self.stopped = True
             return
         if kind == "content_block_delta":
             delta: dict[str, Any] = data.get("delta") or {}

@@ -43,6 +43,7 @@ class _Guard:
     __slots__ = (
         "call",
         "closed",
+        "event_class",
         "events_before",
         "held_end",
         "inner",
@@ -61,6 +62,8 @@ class _Guard:
         self.outer: weakref.ref[Any] | None = weakref.ref(outer)
         self.send: Callable[[Any], Any] | None = send
         self.protocol = StreamProtocol()
+        self.event_class: Any = _sdk.event_class(outer)
+        """The type the stream parses its events into (for the events sdkguard makes)."""
         self.restart_hook: Callable[[], None] | None = None
         """Set while a stream helper consumes events itself (`get_final_message()`): then
         nothing has reached the user, and a restart after the commit point is allowed."""
@@ -113,6 +116,14 @@ class _Guard:
         """The streamed message, rebuilt only when telemetry wants its usage."""
         return self.protocol.partial_message() if self.call.telemetry is not None else None
 
+    def missing_stop(self) -> list[Any]:
+        """A `message_stop` for a whole message whose body ended without one (cut right after
+        `message_delta`): the consumer reads a message that ends as every message ends."""
+        if self.protocol.stopped:
+            return []
+        self.protocol.stopped = True
+        return [_sdk.construct(self.event_class, {"type": "message_stop"})]
+
     def ended(self) -> None:
         """The stream ended however it ended (closed, broken off): the call's spans end too."""
         if self.held_end is not None:
@@ -131,7 +142,7 @@ class _Guard:
             "body",
             committed=self.committed_to_user(),
             partial=self.protocol.partial_message,
-            continuation=None if self.resume is None else self.resume.plan,
+            continuation=self.resume.plan if self.resume and self.protocol.committed else None,
             response=self.response,
             events=(count, last if count else None),
         )
@@ -170,7 +181,7 @@ class _Guard:
         resume = self.resume
         assert resume is not None and resume.splicer is not None
         out = resume.splicer.feed(_sdk.wire_dict(event))
-        return [_sdk.construct(resume.event_class, data) for data in out]
+        return [_sdk.construct(self.event_class, data) for data in out]
 
     def continuation_options(self, send: Callable[[Any], Any]) -> Callable[[Any], Any]:
         """`send` for a continuation: prefill first, the user turn at once on its refusal."""
@@ -226,7 +237,6 @@ class _Resume:
 
     __slots__ = (
         "body",
-        "event_class",
         "guard",
         "inputs",
         "model",
@@ -236,11 +246,10 @@ class _Resume:
         "user_turn",
     )
 
-    def __init__(self, guard: _Guard, body: Any, event_class: Any) -> None:
+    def __init__(self, guard: _Guard, body: Any) -> None:
         self.guard = guard
         self.body = body
         self.model = str(body.get("model")) if isinstance(body, dict) else ""
-        self.event_class = event_class
         self.inputs: list[dict[str, Any]] = []
         """The input usage of each attempt abandoned so far."""
         self.splicer: _continuation.Splicer | None = None
@@ -272,6 +281,14 @@ class _Resume:
         assert self.planned is not None
         self.splicer = self.planned.splicer
         self.guard.call.continue_with(self.planned.body)
+
+    def start_over(self) -> None:
+        """The message is not continued but sent again whole (nothing reached the caller):
+        forget the continuations, and send the original request."""
+        if self.splicer is not None:
+            self.guard.call.continue_with(self.body)
+        self.splicer = self.planned = None
+        self.inputs = []
 
     def sent(self, send: Callable[[Any], Any], options: Any) -> Any:
         if not self.prefill:
@@ -344,6 +361,7 @@ class _SyncGuard(_Guard):
                     if self.closed:  # the caller closed the stream: not a failure
                         raise
                     if protocol.whole(isinstance(err, anthropic.APIStatusError)):
+                        yield from self.missing_stop()
                         call.succeeded(message=self.final_message())
                         return
                     step = self.failed(err, len(held))
@@ -353,13 +371,14 @@ class _SyncGuard(_Guard):
                             raise
                         raise step.error from err
                 else:
+                    yield from self.missing_stop()
                     call.succeeded(message=self.final_message())
                     return
                 time.sleep(step.wait)
-                if self.committed_to_user():
+                if step.continued:
                     self._continue()
                 else:
-                    resume.splicer = None
+                    resume.start_over()
                     self._restart()
         finally:
             self.inner.close()
@@ -416,6 +435,7 @@ class _SyncGuard(_Guard):
                     if self.closed:  # the caller closed the stream: not a failure
                         raise
                     if protocol.whole(isinstance(err, anthropic.APIStatusError)):
+                        yield from self.missing_stop()
                         call.succeeded(message=self.final_message())
                         return
                     step = self.failed(err)
@@ -426,6 +446,7 @@ class _SyncGuard(_Guard):
                             raise
                         raise step.error from err
                 else:
+                    yield from self.missing_stop()
                     call.succeeded(message=self.final_message())
                     return
                 # Out of the handler: what the next attempt raises must not carry this
@@ -469,6 +490,8 @@ class _AsyncGuard(_Guard):
                     if self.closed:  # the caller closed the stream: not a failure
                         raise
                     if protocol.whole(isinstance(err, anthropic.APIStatusError)):
+                        for item in self.missing_stop():
+                            yield item
                         call.succeeded(message=self.final_message())
                         return
                     step = self.failed(err, len(held))
@@ -479,13 +502,15 @@ class _AsyncGuard(_Guard):
                             raise
                         raise step.error from err
                 else:
+                    for item in self.missing_stop():
+                        yield item
                     call.succeeded(message=self.final_message())
                     return
                 await anyio.sleep(step.wait)
-                if self.committed_to_user():
+                if step.continued:
                     await self._continue()
                 else:
-                    resume.splicer = None
+                    resume.start_over()
                     await self._restart()
         finally:
             await self.inner.aclose()
@@ -544,6 +569,8 @@ class _AsyncGuard(_Guard):
                     if self.closed:  # the caller closed the stream: not a failure
                         raise
                     if protocol.whole(isinstance(err, anthropic.APIStatusError)):
+                        for item in self.missing_stop():
+                            yield item
                         call.succeeded(message=self.final_message())
                         return
                     step = self.failed(err)
@@ -555,6 +582,8 @@ class _AsyncGuard(_Guard):
                             raise
                         raise step.error from err
                 else:
+                    for item in self.missing_stop():
+                        yield item
                     call.succeeded(message=self.final_message())
                     return
                 # Out of the handler, as in the sync guard.
@@ -631,7 +660,7 @@ def _adopt(
         )
     if guard_of(result) is not None:
         return result
-    _guard(guard_class, call, result, send, resume=True)
+    _guard(guard_class, call, result, send)
     _end_spans_when_dropped(result, call)
     return result
 
@@ -641,15 +670,13 @@ def _guard(
     call: GuardedCall,
     stream: Any,
     send: Callable[[Any], Any],
-    *,
-    resume: bool = False,
 ) -> _Guard:
-    """Put a guard between `stream` and whoever reads it."""
+    """Put a guard between `stream` and whoever reads it (a resuming one with `resume` on)."""
     guard = guard_class(call, stream, send)
     guard.prime(stream)
     events: Any
-    if resume and call.policy.resume and call.sdk is not None:
-        guard.resume = _Resume(guard, call.sdk.body(), _sdk.event_class(stream))
+    if call.policy.resume and call.sdk is not None:
+        guard.resume = _Resume(guard, call.sdk.body())
         events = guard.resuming_events()
     else:
         events = guard.events()
@@ -661,7 +688,9 @@ def drain_sync(call: GuardedCall, stream: Any, send: Callable[[Any], Any]) -> St
     """Read `stream` to its end under a guard, for a caller that sees nothing until then.
 
     Nothing of the message reaches anyone before it is complete, so every retryable failure,
-    at any point, restarts it. Returns what the attempt that finished the call delivered.
+    at any point, starts it again; with `resume` on, a failure after the commit point is
+    continued instead (the model writes only the rest), and one that cannot be continued
+    starts again. Returns what the attempts that finished the call delivered.
     """
     guard = _guard(_SyncGuard, call, stream, send)
     guard.restart_hook = _nothing_delivered
