@@ -413,3 +413,16 @@ def test_behind_a_buffering_proxy_plain_calls_go_out_as_they_are(
     assert [r.stream for r in server.requests] == [True, False, False]
     said = [r.getMessage() for r in caplog.records if "buffers whole answers" in r.getMessage()]
     assert len(said) == 1 and server.url in said[0], said
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_restarted_plain_call_that_gets_no_headers_stays_a_stream(
+    flavour: str, server: FakeAnthropic
+) -> None:
+    # The first attempt's stream had its headers, so the host does not buffer streams: a later
+    # attempt that gets none in time is a stall like any other, retried as a stream again.
+    server.script(faults.reset_after(5), faults.stall_before_headers())
+    with CONVERTED:
+        message = call(flavour, server)
+    assert message.content[0].text == faults.DEFAULT_TEXT
+    assert [r.stream for r in server.requests] == [True, True, True]
