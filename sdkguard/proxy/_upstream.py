@@ -3,7 +3,7 @@
 `failure_of` is the ONE place that maps aiohttp's exceptions to the decision core's
 `Failure`s (in the manner of httpx's table of transport errors); anything carrying an OS error
 with an errno goes through `_decide.classify_exception`, so a reset, a refusal or a DNS failure
-has the same reason and the same words as in the library.
+has the same reason and the same words as in the library. `errno_of` names their errno alike.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import aiohttp
 from aiohttp import client_exceptions as errors
 from yarl import URL
 
-from sdkguard._decide import Failure, Phase, classify_exception
+from sdkguard._decide import Failure, Phase, classify_exception, errno_name
 from sdkguard._policy import Policy
 
-__all__ = ["Upstream", "failure_of"]
+__all__ = ["Upstream", "errno_of", "failure_of"]
 
 # The connection-level headers of RFC 9110 section 7.6.1: they describe one hop, never
 # forwarded in either direction. Host is the upstream's own; content-length is recomputed.
@@ -94,9 +94,14 @@ def _payload(err: BaseException, phase: Phase) -> Failure:
         failure = _os_error(cause, "body")
         if failure is not None:
             return failure
-    if "reset" in str(err).lower():
+    if _says_reset(err):
         return Failure("connection_reset", "connection reset by peer (ECONNRESET)", True)
     return _disconnected(err, "body")
+
+
+def _says_reset(err: BaseException) -> bool:
+    # aiohttp names the reset that cut a body only in the words of its ClientPayloadError.
+    return isinstance(err, errors.ClientPayloadError) and "reset" in str(err).lower()
 
 
 def _constant(failure: Failure | None) -> Callable[[BaseException, Phase], Failure | None]:
@@ -138,6 +143,15 @@ def failure_of(err: BaseException, phase: Phase) -> Failure | None:
         if isinstance(err, kind):
             return judge(err, phase)
     return None
+
+
+def errno_of(err: BaseException) -> str | None:
+    """The symbolic errno of a failure of the upstream exchange (`ECONNRESET`), as the
+    library's forensics name it: from its chain, or from the words of a body cut by a reset."""
+    name = errno_name(err)
+    if name is None and _says_reset(err):
+        return "ECONNRESET"
+    return name
 
 
 # -- the client --------------------------------------------------------------------------------
