@@ -35,14 +35,24 @@ import aiohttp
 import yarl
 
 from sdkguard import _telemetry
-from sdkguard._decide import BUDGET, CallState, Failure, Phase, classify_sse_error, classify_status
+from sdkguard._decide import (
+    BUDGET,
+    NOTHING_KNOWN,
+    CallState,
+    Failure,
+    Phase,
+    Received,
+    classify_sse_error,
+    classify_status,
+)
 from sdkguard._decide import say_seconds as _say_seconds
 from sdkguard._policy import Policy
 from sdkguard._protocol import StreamProtocol, sse_data, sse_event_name
+from sdkguard._stream import events_received
 from sdkguard._wire import ERROR_STATUSES
 from sdkguard.proxy._config import ProxyConfig
 from sdkguard.proxy._resume import Resume
-from sdkguard.proxy._upstream import Upstream, failure_of, forwardable
+from sdkguard.proxy._upstream import Upstream, errno_of, failure_of, forwardable
 
 __all__ = ["ClientGone", "Downstream", "Forward", "ProxyStats", "Relay", "error_body"]
 
@@ -222,6 +232,37 @@ def _sse_error_type(event: bytes) -> str | None:
     return error_type if isinstance(error_type, str) else None
 
 
+def _events_of_attempt(call: _Call) -> tuple[int | None, str | None]:
+    """The events of the message that the current attempt received, and the type of the
+    last, as the library counts them (pings not counted); (None, None) when not known."""
+    protocol, resume = call.protocol, call.resume
+    if not protocol.committed:  # every event held, as raw bytes
+        return _held_events(protocol.held)
+    if resume is not None:  # what the client got is recorded, less what came before
+        count, last = events_received(resume.delivered)
+        count -= call.events_before
+        if resume.held:  # blocks the holder keeps back: received, not recorded yet
+            count += len(resume.held)
+            last = resume.held[-1][0]
+        return count, last
+    if protocol.keep_content:  # a converted call without resume: the protocol records all
+        return events_received(protocol)
+    # A stream relayed as bytes (`resume` off): no event after the commit point is looked
+    # at, and counting them would cost every read.
+    return None, None
+
+
+def _held_events(held: list[bytes]) -> tuple[int, str | None]:
+    """The message's events among raw events held before the commit point: pings, and
+    anything without an `event:` name, are no events of the message (the SDKs drop them)."""
+    count, last = 0, None
+    for event in held:
+        kind = sse_event_name(event)
+        if kind and kind != "ping":
+            count, last = count + 1, kind
+    return count, last
+
+
 # -- the watchdog --------------------------------------------------------------------------------
 
 _STALLS = {
@@ -362,6 +403,8 @@ class _Failed:
     """An SSE `error` event before content (a converted call: at any point)."""
     sse_held: bytes = b""
     """The events held before it."""
+    received: Received = NOTHING_KNOWN
+    """What the attempt received before it failed (`Relay._received`)."""
 
 
 @dataclass
@@ -371,6 +414,7 @@ class _Call:
     state: CallState
     protocol: StreamProtocol
     stream_began: bool = False
+    """The current attempt's answer is an event stream (status 200, `text/event-stream`)."""
     committed: bool = False
     """Status, headers and content went to the client."""
     stop_sent: bool = False
@@ -390,6 +434,12 @@ class _Call:
     resume: Resume | None = None
     """With `resume` on, for a stream or a converted call: continuation after content."""
     why_not_continued: str | None = None
+    response: aiohttp.ClientResponse | None = None
+    """The current attempt's upstream response, once its headers came: its request id and
+    aiohttp's count of its body bytes tell what a failed attempt received."""
+    events_before: int = 0
+    """Events of the message recorded when the current continuation began (a continuation
+    records into the message of the attempts before it)."""
 
     def headers(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         return [*headers, (ATTEMPTS_HEADER, str(self.state.attempt))]
@@ -451,6 +501,7 @@ class Relay:
         """Attempts until the client has its answer."""
         while True:
             call.attempt_started = time.monotonic()
+            call.response, call.stream_began = None, False
             telemetry = call.telemetry
             if telemetry is None:
                 failed = await self._attempt(call, attempt)
@@ -510,15 +561,16 @@ class Relay:
         """One attempt, its failures classified; a stall cancels it from its watchdog."""
         watchdog = self._watchdog(call)
         task = watchdog.task
+        error: BaseException | None = None
         try:
-            return await attempt(call, watchdog)
+            failed = await attempt(call, watchdog)
         except asyncio.CancelledError:
             fired = watchdog.fired
             if fired is None:
                 raise  # the client left, or the proxy stops
             if sys.version_info >= (3, 11) and task is not None and task.uncancel() > 0:
                 raise  # cancelled from outside as well
-            return _Failed(self._stall(fired), committed=call.committed)
+            failed = _Failed(self._stall(fired), committed=call.committed)
         except ClientGone:
             raise
         except Exception as err:
@@ -526,9 +578,12 @@ class Relay:
             failure = failure_of(err, phase) or Failure(
                 "forward_error", f"cannot forward the request ({type(err).__name__})", False
             )
-            return _Failed(failure, committed=call.committed)
+            failed, error = _Failed(failure, committed=call.committed), err
         finally:
             watchdog.stop()
+        if failed is not None:
+            failed.received = self._received(call, error, error_event=failed.sse_error is not None)
+        return failed
 
     def _stall(self, fired: str) -> Failure:
         if fired == "pre_content":
@@ -556,6 +611,7 @@ class Relay:
             body,
             self.config.policy.connect_timeout,
         )
+        call.response = response
         if call.telemetry is not None:
             call.telemetry.response(response.headers, response.status)
         return response
@@ -657,7 +713,8 @@ class Relay:
                 event, start = pending[start:end], end
                 kind = sse_event_name(event) or ""
                 if kind == "error":
-                    held = b"".join(protocol.take_held())
+                    # Left in the protocol (a retry restarts it): the forensics count them.
+                    held = b"".join(protocol.held)
                     failure = classify_sse_error(_sse_error_type(event))
                     return _Failed(failure, sse_error=event, sse_held=held)
                 released = protocol.hold(kind, event)
@@ -814,7 +871,11 @@ class Relay:
         if call.telemetry is not None:
             if call.api_error:  # the upstream's own error event, relayed after content
                 call.telemetry.attempt_failed(
-                    call.error_type or "unknown_error", None, None, stall=None
+                    call.error_type or "unknown_error",
+                    None,
+                    None,
+                    stall=None,
+                    received=self._received(call, None, error_event=True),
                 )
             else:
                 call.telemetry.attempt_succeeded()
@@ -825,12 +886,17 @@ class Relay:
         now = time.monotonic()
         decision = call.state.decide(failure, now=now, rand=random.random())
         wait = decision.wait if decision.retry else None
-        call.state = call.state.record(failure, now - call.attempt_started, wait, decision.cost)
+        received = failed.received
+        call.state = call.state.record(
+            failure, now - call.attempt_started, wait, decision.cost, received=received
+        )
         if call.telemetry is not None:
             if wait is None:
                 call.error_type = failure.reason
             stall = _STALL_LIMITS.get(failure.reason)
-            call.telemetry.attempt_failed(failure.reason, None, wait, stall=stall)
+            call.telemetry.attempt_failed(
+                failure.reason, None, wait, stall=stall, received=received
+            )
         if decision.retry:
             self.stats.retries += 1
             if call.stream_began:
@@ -846,6 +912,7 @@ class Relay:
             await asyncio.sleep(decision.wait)
             call.protocol.restart()
             call.stream_began = False
+            call.events_before = 0
             return True
         self.stats.failures += 1
         if decision.budget_refused:
@@ -910,7 +977,8 @@ class Relay:
         if resume.delivered.complete and not call.api_error:
             if call.request.kind != "converted":
                 return "not"  # `_after_content` ends the whole message
-            call.state = call.state.record(failure, time.monotonic() - call.attempt_started, None)
+            duration = time.monotonic() - call.attempt_started
+            call.state = call.state.record(failure, duration, None, received=failed.received)
             await self._answer_converted(call)
             return "answered"
         if not failure.retryable:
@@ -928,13 +996,14 @@ class Relay:
         if not decision.retry:
             call.why_not_continued = f"not continued: {decision.why_not}"
             return "not"
+        received = failed.received
         call.state = call.state.record(
-            failure, now - call.attempt_started, decision.wait, decision.cost
+            failure, now - call.attempt_started, decision.wait, decision.cost, received=received
         )
         if call.telemetry is not None:
             stall = _STALL_LIMITS.get(failure.reason)
             call.telemetry.attempt_failed(
-                failure.reason, None, decision.wait, stall=stall, continued=True
+                failure.reason, None, decision.wait, stall=stall, continued=True, received=received
             )
         self.stats.retries += 1
         self.stats.continuations += 1
@@ -948,6 +1017,7 @@ class Relay:
         )
         await asyncio.sleep(decision.wait)
         resume.begin()
+        call.events_before = events_received(resume.delivered)[0]
         return "continued"
 
     async def _after_content(self, call: _Call, failed: _Failed) -> None:
@@ -958,7 +1028,8 @@ class Relay:
         Continuation after content (a later issue) will plug in here.
         """
         failure, client, name = failed.failure, call.client, call.request.name
-        call.state = call.state.record(failure, time.monotonic() - call.attempt_started, None)
+        duration = time.monotonic() - call.attempt_started
+        call.state = call.state.record(failure, duration, None, received=failed.received)
         try:
             if call.protocol.whole(api_error=call.api_error):
                 logger.info(
@@ -997,6 +1068,31 @@ class Relay:
         except ClientGone:
             pass
 
+    # -- forensics ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _received(call: _Call, error: BaseException | None, *, error_event: bool) -> Received:
+        """What the failed attempt received: worked out once, at the failure, from what the
+        relay keeps anyway (the response's headers, aiohttp's count of the body bytes, what the
+        protocol held or recorded), never counted per event. `error_event`: an SSE `error`
+        event ended it (counted, as the library counts it)."""
+        errno = None if error is None else errno_of(error)
+        response = call.response
+        if response is None:  # no response headers: nothing received (the proxy knows it)
+            return Received(bytes_received=0, errno=errno)
+        count, last = None, None
+        if call.stream_began:
+            count, last = _events_of_attempt(call)
+            if count is not None and error_event:
+                count, last = count + 1, "error"
+        return Received(
+            response.headers.get("request-id"),
+            response.content.total_bytes,
+            count,
+            last if count else None,
+            errno,
+        )
+
     # -- telemetry (only when a provider is configured) -----------------------------------------
 
     def _call_telemetry(self, request: Forward) -> _telemetry.CallTelemetry | None:
@@ -1030,7 +1126,9 @@ class Relay:
         failure = failed.failure
         call.error_type = failure.reason
         stall = _STALL_LIMITS.get(failure.reason)
-        call.telemetry.attempt_failed(failure.reason, None, None, stall=stall)
+        call.telemetry.attempt_failed(
+            failure.reason, None, None, stall=stall, received=failed.received
+        )
 
     @staticmethod
     def _delivered(call: _Call) -> Any:

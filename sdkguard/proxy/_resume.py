@@ -65,6 +65,8 @@ class Resume:
         """A restart from scratch (before content, or a converted call not continued)."""
         self.delivered = StreamProtocol(raw=True, keep_content=True)
         """What the client got (a converted call: what it will get), as recorded."""
+        # Recorded only once past the commit point, and read as such (`events_received`).
+        self.delivered.committed = True
         self.holder = Holder()
         self.held: list[tuple[str, dict[str, Any], bytes]] = []
         self.splicer: Splicer | None = None
