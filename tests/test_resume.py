@@ -1,6 +1,10 @@
 """`resume`: a stream broken after content is continued in the same stream, through the
 library (sync and async, raw streams and the stream helper): the consumer reads one message,
-the scripted one. Real sockets, the real SDK, the kit playing the model."""
+the scripted one. Real sockets, the real SDK, the kit playing the model.
+
+Every fault at every event position is a full product of about a thousand breaks: every
+matrix cell runs a covering design of it (`covering`: every position, every fault at the
+boundaries), and `make test` the rest too (marked `exhaustive`)."""
 
 from __future__ import annotations
 
@@ -40,8 +44,24 @@ ARGS: dict[str, Any] = {
 }
 
 
+FAULTS = (
+    "reset",
+    "truncate",
+    "close",
+    "stall",
+    "pings_only",
+    "overloaded",
+    "api_error",
+    "malformed",
+)
+FLAVOURS = ("sync", "async")
+WORDS = (0, 2)
+"""Words the continuation repeats of what was delivered (0: none, 2: an overlap to splice)."""
+
+
 def after_content(n: int, reply: faults.Ok) -> list[faults.Answer]:
-    """Every fault the kit has after `n` events, each breaking a first answer."""
+    """Every fault the kit has after `n` events (in the order of FAULTS), each breaking a
+    first answer."""
     return [
         faults.reset_after(n, reply=reply),
         faults.truncate_after(n, reply=reply),
@@ -119,23 +139,124 @@ async def read_events_async(client: anthropic.AsyncAnthropic) -> list[tuple[str,
         return [(event.type, event.to_dict()) async for event in stream]
 
 
+def positions(reply: faults.Ok) -> range:
+    """How many events a fault can let through after content: from the first delta to all
+    but message_delta and message_stop."""
+    names = [event[0] for event in server_events(reply)]
+    return range(names.index("content_block_delta") + 1, len(names) - 1)
+
+
+def boundaries(reply: faults.Ok) -> list[int]:
+    """The positions where a splice goes wrong first: after the first delta, mid-block, just
+    before and just after the first block stops, after the next block starts, and just
+    before message_delta."""
+    names = [event[0] for event in server_events(reply)]
+    first, stop = names.index("content_block_delta") + 1, names.index("content_block_stop")
+    points = {first, (first + stop) // 2, stop, stop + 1, len(names) - 2}
+    if names[stop + 1] == "content_block_start":
+        points.add(stop + 2)
+    return sorted(points)
+
+
+def covering(reply: faults.Ok, flavour: str, words: int) -> list[tuple[int, int]]:
+    """(position, index in FAULTS) of one kind, flavour and words, in every cell.
+
+    Every position gets one fault, turning with flavour and words (their four runs give a
+    position four faults); every boundary gets half the faults with words 0 and the other
+    half with 2, so that each kind and flavour breaks every boundary with every fault.
+    """
+    half = WORDS.index(words)
+    run = FLAVOURS.index(flavour) * len(WORDS) + half
+    cases = {(n, (n + 3 * run) % len(FAULTS)) for n in positions(reply)}
+    for b, n in enumerate(boundaries(reply)):
+        cases |= {(n, i) for i in range(len(FAULTS)) if (i + b) % 2 == half}
+    return sorted(cases)
+
+
+def the_rest(reply: faults.Ok, flavour: str, words: int) -> list[tuple[int, int]]:
+    """The full product of positions and faults, less `covering`'s cases."""
+    every = {(n, i) for n in positions(reply) for i in range(len(FAULTS))}
+    return sorted(every - set(covering(reply, flavour, words)))
+
+
+def break_and_read(kind: str, flavour: str, words: int, cases: list[tuple[int, int]]) -> None:
+    """Each case in turn breaks the first answer after content; the consumer must read the
+    scripted message every time. One client for every case: a new one per case cost more
+    than the case itself."""
+    reply = faults.continuable(KINDS[kind], repeat_words=words)
+    content = expected(KINDS[kind])
+    # A stall costs idle_timeout, as pings cost progress_timeout; no wait before continuing.
+    quick = sdkguard.policy(idle_timeout=0.1, backoff_initial=0, backoff_max=0)
+    with FakeAnthropic() as server, quick:
+
+        def arm(n: int, i: int) -> None:
+            server.script(after_content(n, reply)[i])
+            server.default(reply)
+
+        def check(n: int, i: int, events: list[tuple[str, dict[str, Any]]]) -> None:
+            try:
+                check_events(events, content)
+            except AssertionError as err:
+                raise AssertionError(f"{FAULTS[i]} after {n} events: {err}") from err
+
+        if flavour == "sync":
+            with anthropic.Anthropic(base_url=server.url, api_key="k") as client:
+                for n, i in cases:
+                    arm(n, i)
+                    check(n, i, read_events(client))
+            return
+
+        async def run() -> None:
+            async with anthropic.AsyncAnthropic(base_url=server.url, api_key="k") as client:
+                for n, i in cases:
+                    arm(n, i)
+                    check(n, i, await read_events_async(client))
+
+        anyio.run(run)
+
+
 @pytest.mark.usefixtures("resume")
 @pytest.mark.parametrize("kind", list(KINDS))
-@pytest.mark.parametrize("flavour", ["sync", "async"])
-@pytest.mark.parametrize("words", [0, 2])
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("words", WORDS)
 def test_every_fault_after_content_ends_in_the_scripted_message(
     kind: str, flavour: str, words: int
 ) -> None:
     reply = faults.continuable(KINDS[kind], repeat_words=words)
-    content = expected(KINDS[kind])
-    with FakeAnthropic() as server:
-        total = len(server_events(reply))
-        for n in range(4, total - 1):
-            for fault in after_content(n, reply):
-                server.script(fault)
-                server.default(reply)
-                events = consume(flavour, server)
-                check_events(events, content)
+    break_and_read(kind, flavour, words, covering(reply, flavour, words))
+
+
+@pytest.mark.exhaustive
+@pytest.mark.usefixtures("resume")
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("words", WORDS)
+def test_every_fault_at_every_position_ends_in_the_scripted_message(
+    kind: str, flavour: str, words: int
+) -> None:
+    reply = faults.continuable(KINDS[kind], repeat_words=words)
+    break_and_read(kind, flavour, words, the_rest(reply, flavour, words))
+
+
+def test_the_covering_design_covers() -> None:
+    """What the cells run: each run of a kind, flavour and words breaks every position, the
+    four runs of a kind give each position four faults, the two runs of a kind and flavour
+    break every boundary with every fault; with the exhaustive rest, the full product."""
+    for kind in KINDS:
+        reply = faults.continuable(KINDS[kind])
+        every = range(len(FAULTS))
+        product = {(n, i) for n in positions(reply) for i in every}
+        assert len(boundaries(reply)) >= 4 and set(boundaries(reply)) <= set(positions(reply))
+        runs = {(f, w): set(covering(reply, f, w)) for f in FLAVOURS for w in WORDS}
+        for (flavour, words), cases in runs.items():
+            assert {n for n, _ in cases} == set(positions(reply))
+            rest = set(the_rest(reply, flavour, words))
+            assert cases | rest == product and not cases & rest
+        for flavour in FLAVOURS:
+            both = runs[flavour, WORDS[0]] | runs[flavour, WORDS[1]]
+            assert {(n, i) for n in boundaries(reply) for i in every} <= both
+        for n in positions(reply):
+            assert len({i for cases in runs.values() for m, i in cases if m == n}) >= 4
 
 
 def server_events(reply: faults.Ok) -> list[Any]:
