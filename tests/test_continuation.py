@@ -22,7 +22,7 @@ from sdkguard._continuation import (
     prior_usage,
 )
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.sdk_independent, pytest.mark.timeout(60)]
 
 BODY: dict[str, Any] = {
     "model": "claude-x",

@@ -33,7 +33,7 @@ from tests.helpers import (
     raw_answer,
 )
 
-pytestmark = pytest.mark.timeout(10)
+pytestmark = [pytest.mark.sdk_independent, pytest.mark.timeout(10)]
 
 KW: dict[str, Any] = {
     "model": "claude-kit",

@@ -15,7 +15,7 @@ from sdkguard._sdk import http  # httpx2 from anthropic 1.0, httpx before
 from sdkguard.testing import FakeAnthropic, SentResponse, faults
 from tests.helpers import OverloadedError, as_the_sdk_hands_on
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(10)]
+pytestmark = [pytest.mark.sdk_independent, pytest.mark.anyio, pytest.mark.timeout(10)]
 
 KW: dict[str, Any] = {
     "model": "claude-kit",

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.sdk_independent, pytest.mark.timeout(60)]
 
 
 def serve(*args: str) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ import pytest
 
 from sdkguard.testing import FakeAnthropic, faults
 
-pytestmark = pytest.mark.timeout(10)
+pytestmark = [pytest.mark.sdk_independent, pytest.mark.timeout(10)]
 
 TEXT = "Hello from the fake Anthropic server, où l'été dure."
 MESSAGE = faults.ok(faults.text(TEXT, deltas=6))

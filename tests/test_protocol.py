@@ -19,7 +19,7 @@ from sdkguard._protocol import COMMIT_EVENTS, StreamProtocol, sse_data, sse_even
 from sdkguard.testing import faults
 from sdkguard.testing._sse import dumps, message_body, stream_events
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.sdk_independent, pytest.mark.timeout(60)]
 
 ANSWERS = {
     "text": faults.ok(faults.text("The quick brown fox jumps over the lazy dog.", deltas=9)),

@@ -29,7 +29,7 @@ pytest.importorskip("aiohttp")
 from sdkguard.proxy import ProxyConfig, RunningProxy, proxy_policy
 from tests.helpers import OverloadedError
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.sdk_independent, pytest.mark.timeout(60)]
 
 # Waits and limits in tenths of a second, as tests/conftest.py's FAST.
 FAST_PROXY = {

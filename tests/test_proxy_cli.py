@@ -19,7 +19,7 @@ pytest.importorskip("aiohttp")
 
 from tests.test_proxy import ARGS, FAST_PROXY, SECRET_KEY
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.sdk_independent, pytest.mark.timeout(90)]
 
 FAST_OPTIONS = [f"--{name.replace('_', '-')}={value}" for name, value in FAST_PROXY.items()]
 

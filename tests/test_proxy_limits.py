@@ -19,7 +19,7 @@ pytest.importorskip("aiohttp")
 from sdkguard.proxy import ProxyConfig
 from tests.test_proxy import ARGS, SECRET_KEY, raw_exchange, start_proxy
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.sdk_independent, pytest.mark.timeout(60)]
 
 
 def status_and_body(answer: bytes) -> tuple[int, dict[str, Any]]:

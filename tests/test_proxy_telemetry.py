@@ -36,7 +36,7 @@ pytest.importorskip("aiohttp")
 from sdkguard.proxy import RunningProxy
 from tests.test_proxy import ARGS, HELLO, SECRET_KEY, start_proxy
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.sdk_independent, pytest.mark.timeout(60)]
 
 HEADER_SECRET = "x-team-secret-header-value-42"
 PREFIX = "/team-secret-prefix"
