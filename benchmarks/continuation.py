@@ -453,6 +453,9 @@ def derive(results: Results) -> None:
 
 BLOCK = {THINKING: "thinking", TOOL: "tool call"}
 FIRST_HELD = {THINKING: "first thinking delta", TOOL: "the tool call's first input delta"}
+RELEASED_TO = {THINKING: "text", TOOL: "end"}
+"""The last mark a release hands over: the first text delta; `message_stop`."""
+RELEASE_LABEL = {THINKING: "the first text delta", TOOL: "`message_stop`"}
 
 
 def derive_held(results: Results) -> None:
@@ -474,16 +477,25 @@ def derive_held(results: Results) -> None:
                 }
                 for front in FRONTS
             },
+            # Within a sample with `resume` on, free of the server's pacing jitter: from the
+            # held block's first delta to the last event of the same release.
+            "release_ms": {
+                front: _stats_ms(
+                    [x[RELEASED_TO[message]] - x["held"] for x in samples[f"{front} {ON}"]]
+                )
+                for front in FRONTS
+            },
         }
 
     def result(message: str) -> str:
-        d = held[message]["on_minus_off_ms"]
+        d, r = held[message]["on_minus_off_ms"], held[message]["release_ms"]
         return (
             f"{FIRST_HELD[message]}: library {d[LIBRARY]['held']['paired_median']:+.0f} "
             f"ms, proxy {d[PROXY]['held']['paired_median']:+.0f} ms (expected "
             f"{held[message]['expected_ms']:+.0f}); first text delta: library "
             f"{d[LIBRARY]['text']['paired_median']:+.1f} ms, proxy "
-            f"{d[PROXY]['text']['paired_median']:+.1f} ms"
+            f"{d[PROXY]['text']['paired_median']:+.1f} ms; the release itself "
+            f"{r[LIBRARY]['median']:.2f} / {r[PROXY]['median']:.2f} ms"
         )
 
     pace = f"{sizes.pace * 1e3:.0f} ms apart"
@@ -560,6 +572,14 @@ def report(results: Results, out: Out) -> None:
                 + ", ".join(f"{m} {_difference(d[m])}" for m in MARKS)
             )
         out(f"  expected for the held delta: {h['expected_ms']:+.0f} ms; goal: none, reported")
+        out(
+            f"  the release, resume on: from the held delta to {RELEASE_LABEL[message]} "
+            + ", ".join(
+                f"{front} {h['release_ms'][front]['median']:.2f} ms "
+                f"({h['release_ms'][front]['min']:.2f} / {h['release_ms'][front]['max']:.2f})"
+                for front in FRONTS
+            )
+        )
     out(f"\nthe run took {results.seconds:.0f} s")
 
 
@@ -632,6 +652,19 @@ def held_markdown(results: Results) -> list[str]:
         "from the held block's first delta to the event that releases it (the first text "
         "delta; `message_delta`, right after the tool call's last delta):",
         md_table(["message", "front", *columns, "expected (held)"], differences),
+        "The release itself, free of the server's pacing jitter: with `resume` on, from the "
+        "held block's first delta to the last event handed over with it (median, min / max): "
+        + "; ".join(
+            f"{BLOCK[message]}, to {RELEASE_LABEL[message]}: "
+            + ", ".join(
+                f"{front} {f[message]['release_ms'][front]['median']:.2f} ms "
+                f"({_range(f[message]['release_ms'][front])})"
+                for front in FRONTS
+            )
+            for message in MESSAGES
+        )
+        + ". Through the proxy the client gets the held events in one read and parses them "
+        "all before the text; in the library they were parsed as they came.",
     ]
 
 
