@@ -25,7 +25,7 @@ from sdkguard.proxy import RunningProxy
 from tests.test_proxy import SECRET_KEY, start_proxy
 from tests.test_resume import KINDS, LONG, check_events, server_events
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.sdk_independent, pytest.mark.timeout(120)]
 
 ARGS: dict[str, Any] = {
     "model": "claude-proxy-resume",
@@ -33,10 +33,22 @@ ARGS: dict[str, Any] = {
     "messages": [{"role": "user", "content": "hi"}],
 }
 RESUME = {"resume": "on", "idle_timeout": "0.2", "progress_timeout": "0.2"}
+# For the loops over faults: a stall and pings-only cost 0.1 s each, no wait before continuing.
+QUICK_RESUME = {
+    **RESUME,
+    "idle_timeout": "0.1",
+    "progress_timeout": "0.1",
+    "backoff_initial": "0",
+    "backoff_max": "0",
+}
+
+
+FAULTS = ("reset", "truncate", "close", "stall", "pings_only", "overloaded", "api_error")
 
 
 def after_content(n: int, reply: faults.Ok) -> dict[str, faults.Answer]:
-    """Every retryable fault of the kit after `n` events, each breaking a first answer."""
+    """Every retryable fault of the kit after `n` events (by the names of FAULTS), each
+    breaking a first answer."""
     return {
         "reset": faults.reset_after(n, reply=reply),
         "truncate": faults.truncate_after(n, reply=reply),
@@ -75,36 +87,52 @@ def expected(reply: faults.Ok) -> dict[str, Any]:
 Read = tuple[list[tuple[str, dict[str, Any]]] | None, dict[str, Any]]
 
 
-def read_sync(url: str, mode: str, args: dict[str, Any]) -> Read:
+def sync_client(url: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=url, api_key=SECRET_KEY, max_retries=0)
+
+
+def async_client(url: str) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(base_url=url, api_key=SECRET_KEY, max_retries=0)
+
+
+def read_with(client: anthropic.Anthropic, mode: str, args: dict[str, Any]) -> Read:
     """The events (raw streams) and the final message, as the application got them."""
-    with anthropic.Anthropic(base_url=url, api_key=SECRET_KEY, max_retries=0) as client:
-        if mode == "create_stream":
-            with client.messages.create(**args, stream=True) as stream:
-                events = [(event.type, event.to_dict()) for event in stream]
-            return events, {}
-        if mode == "stream_helper":
-            with client.messages.stream(**args) as helper:
-                for _ in helper:  # read as it comes
-                    pass
-                return None, helper.get_final_message().to_dict(exclude_none=True)
-        return None, client.messages.create(**args).to_dict(exclude_none=True)
+    if mode == "create_stream":
+        with client.messages.create(**args, stream=True) as stream:
+            events = [(event.type, event.to_dict()) for event in stream]
+        return events, {}
+    if mode == "stream_helper":
+        with client.messages.stream(**args) as helper:
+            for _ in helper:  # read as it comes
+                pass
+            return None, helper.get_final_message().to_dict(exclude_none=True)
+    return None, client.messages.create(**args).to_dict(exclude_none=True)
+
+
+async def read_with_async(
+    client: anthropic.AsyncAnthropic, mode: str, args: dict[str, Any]
+) -> Read:
+    if mode == "create_stream":
+        stream = await client.messages.create(**args, stream=True)
+        events = [(event.type, event.to_dict()) async for event in stream]
+        return events, {}
+    if mode == "stream_helper":
+        async with client.messages.stream(**args) as helper:
+            async for _ in helper:
+                pass
+            return None, (await helper.get_final_message()).to_dict(exclude_none=True)
+    return None, (await client.messages.create(**args)).to_dict(exclude_none=True)
+
+
+def read_sync(url: str, mode: str, args: dict[str, Any]) -> Read:
+    with sync_client(url) as client:
+        return read_with(client, mode, args)
 
 
 def read_async(url: str, mode: str, args: dict[str, Any]) -> Read:
     async def main() -> Read:
-        async with anthropic.AsyncAnthropic(
-            base_url=url, api_key=SECRET_KEY, max_retries=0
-        ) as client:
-            if mode == "create_stream":
-                stream = await client.messages.create(**args, stream=True)
-                events = [(event.type, event.to_dict()) async for event in stream]
-                return events, {}
-            if mode == "stream_helper":
-                async with client.messages.stream(**args) as helper:
-                    async for _ in helper:
-                        pass
-                    return None, (await helper.get_final_message()).to_dict(exclude_none=True)
-            return None, (await client.messages.create(**args)).to_dict(exclude_none=True)
+        async with async_client(url) as client:
+            return await read_with_async(client, mode, args)
 
     return asyncio.run(main())
 
@@ -149,45 +177,69 @@ def positions(reply: faults.Ok) -> list[int]:
     return sorted({4, total // 2, total - 3})
 
 
-# -- the streaming text case, every fault, several positions ----------------------------------
+# -- every kind, every fault, several positions, every way of reading --------------------------
+
+Case = tuple[str, int, int, str]
+"""How the client reads, the words a continuation repeats, the events before the fault, the
+fault's name in `after_content`."""
 
 
-@pytest.mark.parametrize("flavour", ["sync", "async"])
-@pytest.mark.parametrize("kind", list(KINDS))
-@pytest.mark.parametrize("words", [0, 2])
-def test_every_fault_after_content_is_continued_in_the_clients_stream(
-    server: FakeAnthropic, proxy: RunningProxy, flavour: str, kind: str, words: int
-) -> None:
-    reply = faults.continuable(KINDS[kind], repeat_words=words)
-    scripted = expected(KINDS[kind])
-    read = read_sync if flavour == "sync" else read_async
-    for n in positions(reply):
-        for name, fault in after_content(n, reply).items():
-            start = len(server.requests)
-            server.script(fault)
-            server.default(reply)
-            got = read(proxy.url, "create_stream", ARGS)
-            assert got[0] is not None
-            check(got, scripted)
-            assert len(check_requests(server, start)) >= 2, (n, name)
-
-
-@pytest.mark.parametrize("flavour", ["sync", "async"])
-@pytest.mark.parametrize("mode", ["stream_helper", "create"])
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_the_helper_and_plain_calls_get_the_scripted_message(
-    server: FakeAnthropic, proxy: RunningProxy, flavour: str, mode: str, kind: str
-) -> None:
+def cases(kind: str) -> list[Case]:
+    """Raw streams with every fault, the overlap spliced or not (repeated words 2, 0); the stream
+    helper and plain `create` with a reset, a stall and an error event (1 word)."""
+    found: list[Case] = []
+    for words in (0, 2):
+        reply = faults.continuable(KINDS[kind], repeat_words=words)
+        found += [("create_stream", words, n, name) for n in positions(reply) for name in FAULTS]
     reply = faults.continuable(KINDS[kind], repeat_words=1)
+    for mode in ("stream_helper", "create"):
+        found += [
+            (mode, 1, n, name)
+            for n in positions(reply)
+            for name in ("reset", "stall", "overloaded")
+        ]
+    return found
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_fault_after_content_is_continued_for_every_way_of_reading(
+    server: FakeAnthropic, flavour: str, kind: str
+) -> None:
     scripted = expected(KINDS[kind])
-    read = read_sync if flavour == "sync" else read_async
-    for n in positions(reply):
-        for name in ("reset", "stall", "overloaded"):
-            start = len(server.requests)
-            server.script(after_content(n, reply)[name])
-            server.default(reply)
-            check(read(proxy.url, mode, ARGS), scripted)
-            assert len(check_requests(server, start)) >= 2, (n, name)
+
+    def arm(case: Case) -> int:
+        """Script the case's fault; the number of requests before it."""
+        _, words, n, name = case
+        reply = faults.continuable(KINDS[kind], repeat_words=words)
+        server.script(after_content(n, reply)[name])
+        server.default(reply)
+        return len(server.requests)
+
+    def verify(case: Case, start: int, got: Read) -> None:
+        assert (got[0] is not None) == (case[0] == "create_stream"), case
+        try:
+            check(got, scripted)
+        except AssertionError as err:
+            raise AssertionError(f"{case}: {err}") from err
+        assert len(check_requests(server, start)) >= 2, case
+
+    # One client for every case: a new one per case cost more than the case itself.
+    with start_proxy(server.url, policy=QUICK_RESUME) as proxy:
+        if flavour == "sync":
+            with sync_client(proxy.url) as client:
+                for case in cases(kind):
+                    start = arm(case)
+                    verify(case, start, read_with(client, case[0], ARGS))
+            return
+
+        async def main() -> None:
+            async with async_client(proxy.url) as client:
+                for case in cases(kind):
+                    start = arm(case)
+                    verify(case, start, await read_with_async(client, case[0], ARGS))
+
+        asyncio.run(main())
 
 
 @pytest.mark.parametrize("mode", ["create_stream", "stream_helper", "create"])
@@ -222,16 +274,17 @@ def test_every_kind_on_a_model_refusing_prefill(
     scripted = expected(KINDS[kind])
     args = {**ARGS, "model": "claude-refuses"}
     server.refuse_prefill("claude-refuses")
-    for n in positions(reply):
-        for name in ("reset", "api_error"):
-            _continuation.PREFILL_REFUSED.clear()
-            start = len(server.requests)
-            server.script(after_content(n, reply)[name])
-            server.default(reply)
-            check(read_sync(proxy.url, "create_stream", args), scripted)
-            requests = check_requests(server, start)
-            assert len(requests) >= 2, (n, name)
-            assert requests[-1].body["messages"][-1]["role"] == "user" or len(requests) == 2
+    with sync_client(proxy.url) as client:
+        for n in positions(reply):
+            for name in ("reset", "api_error"):
+                _continuation.PREFILL_REFUSED.clear()
+                start = len(server.requests)
+                server.script(after_content(n, reply)[name])
+                server.default(reply)
+                check(read_with(client, "create_stream", args), scripted)
+                requests = check_requests(server, start)
+                assert len(requests) >= 2, (n, name)
+                assert requests[-1].body["messages"][-1]["role"] == "user" or len(requests) == 2
 
 
 def test_the_log_line_the_attempts_and_the_summary(
@@ -465,15 +518,29 @@ def test_claude_code_reads_one_whole_answer_across_a_reset(server: FakeAnthropic
 
 # -- the command line -------------------------------------------------------------------------
 
+# The wrapped command reads the stream with urllib: importing the SDK took two of the three
+# seconds of each case (tests/test_proxy_cli.py wraps the SDK itself).
 COMMAND_CLIENT = """
-import anthropic, json, sys
-client = anthropic.Anthropic(max_retries=0)  # ANTHROPIC_BASE_URL: the proxy
-args = json.loads(sys.argv[1])
-try:
-    with client.messages.stream(**args) as s:
-        print(json.dumps(s.get_final_text()))
-except anthropic.APIStatusError as err:
-    print(json.dumps({"error": err.body}))
+import json, os, sys, urllib.request
+request = urllib.request.Request(
+    os.environ["ANTHROPIC_BASE_URL"] + "/v1/messages",  # the proxy
+    data=json.dumps({**json.loads(sys.argv[1]), "stream": True}).encode(),
+    headers={
+        "x-api-key": os.environ["ANTHROPIC_API_KEY"],
+        "anthropic-version": "2023-06-01",
+        "content-type": "application/json",
+    },
+)
+text, error = "", None
+with urllib.request.urlopen(request, timeout=30) as response:
+    for line in response:
+        if line.startswith(b"data:"):
+            data = json.loads(line[5:])
+            if data["type"] == "content_block_delta":
+                text += data["delta"]["text"]
+            elif data["type"] == "error":
+                error = data
+print(json.dumps({"error": error} if error else text))
 """
 
 
