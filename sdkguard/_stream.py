@@ -117,8 +117,9 @@ class _Guard:
         return self.protocol.partial_message() if self.call.telemetry is not None else None
 
     def missing_stop(self) -> list[Any]:
-        """A `message_stop` for a whole message whose body ended without one (cut right after
-        `message_delta`): the consumer reads a message that ends as every message ends."""
+        """A `message_stop` for a whole message whose body failed after `message_delta` (a
+        reset, a silence): the consumer reads a message that ends as every message ends. A
+        body that ends cleanly without one is the server's word, passed on as it is."""
         if self.protocol.stopped:
             return []
         self.protocol.stopped = True
@@ -371,7 +372,6 @@ class _SyncGuard(_Guard):
                             raise
                         raise step.error from err
                 else:
-                    yield from self.missing_stop()
                     call.succeeded(message=self.final_message())
                     return
                 time.sleep(step.wait)
@@ -446,7 +446,6 @@ class _SyncGuard(_Guard):
                             raise
                         raise step.error from err
                 else:
-                    yield from self.missing_stop()
                     call.succeeded(message=self.final_message())
                     return
                 # Out of the handler: what the next attempt raises must not carry this
@@ -502,8 +501,6 @@ class _AsyncGuard(_Guard):
                             raise
                         raise step.error from err
                 else:
-                    for item in self.missing_stop():
-                        yield item
                     call.succeeded(message=self.final_message())
                     return
                 await anyio.sleep(step.wait)
@@ -582,8 +579,6 @@ class _AsyncGuard(_Guard):
                             raise
                         raise step.error from err
                 else:
-                    for item in self.missing_stop():
-                        yield item
                     call.succeeded(message=self.final_message())
                     return
                 # Out of the handler, as in the sync guard.
