@@ -23,6 +23,8 @@ from tests.test_resume import ARGS, KINDS, check_events, expected, server_events
 pytestmark = pytest.mark.timeout(60)
 
 Events = list[tuple[str, dict[str, Any]]]
+# For the tests with no silence among their faults: no stall a loaded machine could fake.
+PATIENT = sdkguard.policy(idle_timeout=10.0, progress_timeout=10.0)
 Read = Callable[[anthropic.Anthropic], tuple[Any, Events | None]]
 ReadAsync = Callable[[anthropic.AsyncAnthropic], Awaitable[tuple[Any, Events | None]]]
 
@@ -33,7 +35,11 @@ def resume(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         if name.startswith("SDKGUARD_"):
             monkeypatch.delenv(name)
     BUDGET.reset()
-    sdkguard.install(**FAST, resume=True, progress_timeout=0.1)
+    # A stall costs idle_timeout: short, and no wait before the next attempt. A healthy
+    # stream that a loaded machine pauses that long is retried too, so the checks below
+    # allow more attempts than the fault's one.
+    fast = {**FAST, "idle_timeout": 0.1, "backoff_initial": 0, "backoff_max": 0}
+    sdkguard.install(**fast, resume=True, progress_timeout=0.1)
     try:
         yield
     finally:
@@ -146,10 +152,10 @@ def test_a_break_after_content_is_continued_whichever_way_the_call_is_read(
                 server.script(fault)
                 check(read(way, flavour, server), content)
                 sent = server.requests[before:]
-                assert len(sent) == 2, (n, fault)
+                assert len(sent) >= 2, (n, fault)
                 # a continuation carries the delivered part back (a cut inside a block held
                 # back, thinking here, starts the message again: nothing of it was delivered)
-                if sent[1].body["messages"][-1]["role"] == "assistant":
+                if any(r.body["messages"][-1]["role"] == "assistant" for r in sent[1:]):
                     continued.append(n)
     assert continued.count(cuts[-1]) == 2  # right before `message_delta`: always continued
     if kind == "text":
@@ -160,7 +166,7 @@ def test_a_break_after_content_is_continued_whichever_way_the_call_is_read(
 @pytest.mark.parametrize("way", ["create", "get_final_message"])
 def test_usage_of_a_continued_call_read_whole_is_the_sum_billed(way: str, flavour: str) -> None:
     reply = faults.continuable(KINDS["text"])
-    with FakeAnthropic() as server:
+    with FakeAnthropic() as server, PATIENT:
         server.script(faults.reset_after(6, reply=reply))
         server.default(reply)
         message, _ = read(way, flavour, server)
@@ -195,7 +201,7 @@ def test_a_call_read_whole_that_cannot_be_continued_starts_again(way: str, flavo
         async with client.messages.stream(**ARGS, **FORCED_TOOL) as helper:  # type: ignore[arg-type]
             return await helper.get_final_message(), None
 
-    with FakeAnthropic() as server:
+    with FakeAnthropic() as server, PATIENT:
         server.script(faults.reset_after(6, reply=reply))
         server.default(reply)
         if flavour == "sync":
@@ -224,7 +230,7 @@ def test_a_body_cut_right_after_message_delta_still_ends_with_message_stop(
     reply = KINDS["tool_use"]
     names = [event[0] for event in server_events(reply)]
     after_delta = names.index("message_delta") + 1
-    with FakeAnthropic() as server, sdkguard.policy(resume=resume_on):
+    with FakeAnthropic() as server, PATIENT, sdkguard.policy(resume=resume_on):
         server.script(faults.reset_after(after_delta, reply=reply))
         _, events = read("create_stream", flavour, server)
         assert len(server.requests) == 1
