@@ -15,6 +15,9 @@ way:
   rebuilt only when it is needed (`message_data`, `partial_message`): keeping every event
   costs a third of a stream's throughput in garbage collection.
 
+It knows the API's events, not the SDK: the SDK's event objects are recorded by the guard's
+own subclass (`_stream.SdkStreamProtocol`), so the proxy runs without importing `anthropic`.
+
 The decision whether to retry at all belongs to the decision core (`_decide`), which the
 drivers ask through the attempt loop.
 """
@@ -25,16 +28,14 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from sdkguard import _sdk
-
-__all__ = ["COMMIT_EVENTS", "StreamProtocol", "sse_data", "sse_event_name"]
+__all__ = ["COMMIT_EVENTS", "DELTA_TEXT", "StreamProtocol", "sse_data", "sse_event_name"]
 
 # The first of these to arrive is the commit point: content has reached the consumer.
 COMMIT_EVENTS = frozenset(
     {"content_block_delta", "content_block_stop", "message_delta", "message_stop"}
 )
 # Which field of each delta carries its text; citations are kept whole.
-_DELTA_TEXT = {
+DELTA_TEXT = {
     "text_delta": "text",
     "input_json_delta": "partial_json",
     "thinking_delta": "thinking",
@@ -44,10 +45,10 @@ _DELTA_TEXT = {
 class StreamProtocol:
     """One guarded stream: held events, the commit point, and what was delivered.
 
-    `raw=False`: events are SDK event objects (`event.type`, models). `raw=True`: events are
-    raw SSE events (bytes of one event, `event:` and `data:` lines), recorded from their JSON;
-    with `keep_content=False` only whether the message is whole is kept (a relay that needs
-    no partial message parses no JSON).
+    `raw=True`: events are raw SSE events (bytes of one event, `event:` and `data:` lines),
+    recorded from their JSON; with `keep_content=False` only whether the message is whole is
+    kept (a relay that needs no partial message parses no JSON). `raw=False`: events are
+    objects with a `type`, recorded by a subclass's `record` (`_stream.SdkStreamProtocol`).
 
     The message and its block starts are kept as their JSON, a few hundred bytes where the
     parsed objects take kilobytes for the whole life of the stream; `message_delta` comes last,
@@ -81,7 +82,8 @@ class StreamProtocol:
         self.stopped = False
         """`message_stop` arrived."""
         self.held: list[Any] = []
-        self.message: _sdk.Frozen | None = None
+        self.message: tuple[type, str | bytes] | None = None
+        """`message_start`'s message: its class (dict for raw events) and its JSON."""
         self.blocks: dict[int, list[Any]] = {}
         """By index: the block as it started (frozen), then the text of each delta."""
         self.extras: dict[int, dict[str, Any]] | None = None
@@ -112,36 +114,8 @@ class StreamProtocol:
         return held
 
     def record(self, event: Any) -> None:
-        """Record a delivered SDK event (after the commit point).
-
-        The drivers record text deltas, nearly every event, inline (`blocks`); this is for
-        everything else.
-        """
-        kind = event.type
-        if kind == "content_block_delta":
-            delta = event.delta
-            field = _DELTA_TEXT.get(delta.type)
-            if field is not None:
-                self.add_text(event.index, getattr(delta, field))
-            elif delta.type == "signature_delta":
-                self._extra(event.index)["signature"] = delta.signature
-            elif delta.type == "citations_delta":
-                citation = _sdk.wire_dict(delta.citation)
-                self._extra(event.index).setdefault("citations", []).append(citation)
-            else:  # compaction_delta, or a type newer than this code: kept whole
-                self._extra(event.index).setdefault("other", []).append(_sdk.wire_dict(delta))
-        elif kind == "content_block_start":
-            self.blocks[event.index] = [_sdk.freeze_block(event.content_block)]
-            self.open_block = event.index
-        elif kind == "content_block_stop":
-            self.open_block = None
-        elif kind == "message_start":
-            self.message = _sdk.freeze(event.message)
-        elif kind == "message_delta":
-            self.message_delta = event
-            self.complete = True
-        elif kind == "message_stop":
-            self.complete = self.stopped = True
+        """Record a delivered event object (after the commit point): a subclass's to do."""
+        raise NotImplementedError("StreamProtocol(raw=False) records through a subclass")
 
     def record_raw(self, event: bytes) -> None:
         """Record a delivered raw SSE event (after the commit point)."""
@@ -171,7 +145,7 @@ class StreamProtocol:
             return
         if kind == "content_block_delta":
             delta: dict[str, Any] = data.get("delta") or {}
-            field = _DELTA_TEXT.get(str(delta.get("type")))
+            field = DELTA_TEXT.get(str(delta.get("type")))
             index: int = data.get("index", 0)
             if field is not None:
                 self.add_text(index, delta.get(field) or "")
@@ -220,15 +194,14 @@ class StreamProtocol:
         """
         if self.message is None:
             return None
-        body = _sdk.thaw(self.message)
+        body: dict[str, Any] = json.loads(self.message[1])
         extras = self.extras or {}
         body["content"] = [
-            _block_data(_sdk.thaw(block[0]), "".join(block[1:]), extras.get(index))
+            _block_data(json.loads(block[0][1]), "".join(block[1:]), extras.get(index))
             for index, block in sorted(self.blocks.items())
         ]
         if self.message_delta is not None:
-            delta = self.message_delta
-            event = dict(delta) if isinstance(delta, dict) else _sdk.wire_dict(delta)
+            event = self.event_data(self.message_delta)
             event.pop("type", None)
             usage = event.pop("usage", None) or {}
             # The delta's fields, then the event's own (beta: context_management, ...): a value
@@ -240,13 +213,53 @@ class StreamProtocol:
             body["usage"] = {**(body.get("usage") or {}), **counts}
         return body
 
+    def event_data(self, event: Any) -> dict[str, Any]:
+        """A recorded event's JSON data (a subclass's events are objects)."""
+        return dict(event)
+
     def partial_message(self) -> Any:
-        """The message as far as it was delivered: of the SDK's own message class, or (raw
-        events) its JSON data."""
-        data = self.message_data()
-        if data is None or self.message is None or self.message[0] is dict:
-            return data
-        return _sdk.construct(self.message[0], data)
+        """The message as far as it was delivered (its JSON data; a subclass's, an object)."""
+        return self.message_data()
+
+    def events_received(self) -> tuple[int, str | None]:
+        """How many events of the message were received, and the type of the last.
+
+        Read at a failure from what is kept anyway, so that counting adds nothing to the
+        per-event path: before the commit point the events held (pings are no events of the
+        message: the SDKs drop them); after it, one `message_start`, per block its start, one
+        entry per text, thinking or JSON delta, its other deltas and its stop (a block no
+        longer open was stopped: the API sends one block at a time), and `message_delta`.
+        """
+        last: str | None = None
+        if not self.committed:
+            count = 0
+            for event in self.held:
+                kind = sse_event_name(event) if self.raw else event.type
+                if kind and kind != "ping":
+                    count, last = count + 1, kind
+            return count, last
+        extras = self.extras or {}
+        open_block = self.open_block
+        count = (self.message is not None) + (self.message_delta is not None)
+        open_deltas = 0
+        for index, block in self.blocks.items():
+            extra = extras.get(index)
+            deltas = len(block) - 1
+            if extra:
+                deltas += ("signature" in extra) + len(extra.get("citations", ()))
+                deltas += len(extra.get("other", ()))
+            if index == open_block:
+                open_deltas = deltas
+            count += 1 + deltas + (index != open_block)
+        if self.message_delta is not None:
+            last = "message_delta"
+        elif open_block is not None and open_block in self.blocks:
+            last = "content_block_delta" if open_deltas else "content_block_start"
+        elif self.blocks:
+            last = "content_block_stop"
+        else:
+            last = "message_start" if self.message is not None else None
+        return count, last
 
 
 def sse_event_name(event: bytes) -> str | None:

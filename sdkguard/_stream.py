@@ -22,7 +22,7 @@ import anyio
 from sdkguard import _continuation, _sdk
 from sdkguard._call import GuardedCall, Step, logger, open_async, open_sync
 from sdkguard._continuation import Holder
-from sdkguard._protocol import StreamProtocol
+from sdkguard._protocol import DELTA_TEXT, StreamProtocol
 
 __all__ = [
     "GuardedEvents",
@@ -30,11 +30,58 @@ __all__ = [
     "adopt_sync",
     "drain_async",
     "drain_sync",
-    "events_received",
     "guard_of",
 ]
 
 _NO_FIELDS: dict[str, Any] = {}  # the fields of an event that is not an SDK model
+
+
+class SdkStreamProtocol(StreamProtocol):
+    """The stream protocol of the SDK's streams: its events are the SDK's event objects."""
+
+    __slots__ = ()
+
+    def record(self, event: Any) -> None:
+        """Record a delivered event (after the commit point).
+
+        The guards record text deltas, nearly every event, inline (`blocks`); this is for
+        everything else.
+        """
+        kind = event.type
+        if kind == "content_block_delta":
+            delta = event.delta
+            field = DELTA_TEXT.get(delta.type)
+            if field is not None:
+                self.add_text(event.index, getattr(delta, field))
+            elif delta.type == "signature_delta":
+                self._extra(event.index)["signature"] = delta.signature
+            elif delta.type == "citations_delta":
+                citation = _sdk.wire_dict(delta.citation)
+                self._extra(event.index).setdefault("citations", []).append(citation)
+            else:  # compaction_delta, or a type newer than this code: kept whole
+                self._extra(event.index).setdefault("other", []).append(_sdk.wire_dict(delta))
+        elif kind == "content_block_start":
+            self.blocks[event.index] = [_sdk.freeze_block(event.content_block)]
+            self.open_block = event.index
+        elif kind == "content_block_stop":
+            self.open_block = None
+        elif kind == "message_start":
+            self.message = _sdk.freeze(event.message)
+        elif kind == "message_delta":
+            self.message_delta = event
+            self.complete = True
+        elif kind == "message_stop":
+            self.complete = self.stopped = True
+
+    def event_data(self, event: Any) -> dict[str, Any]:
+        return _sdk.wire_dict(event)
+
+    def partial_message(self) -> Any:
+        """The message as far as it was delivered, of the SDK's own message class."""
+        data = self.message_data()
+        if data is None or self.message is None:
+            return data
+        return _sdk.construct(self.message[0], data)
 
 
 class _Guard:
@@ -61,7 +108,7 @@ class _Guard:
         # leave closing a dropped stream to the garbage collector instead of reference counting.
         self.outer: weakref.ref[Any] | None = weakref.ref(outer)
         self.send: Callable[[Any], Any] | None = send
-        self.protocol = StreamProtocol()
+        self.protocol = SdkStreamProtocol()
         self.event_class: Any = _sdk.event_class(outer)
         """The type the stream parses its events into (for the events sdkguard makes)."""
         self.restart_hook: Callable[[], None] | None = None
@@ -95,7 +142,7 @@ class _Guard:
             outer.response = attempt_stream.response
         self.response = attempt_stream.response
         if continuing:
-            self.events_before = events_received(self.protocol)[0]
+            self.events_before = self.protocol.events_received()[0]
         else:
             self.events_before = 0
             self.protocol.restart()
@@ -132,10 +179,12 @@ class _Guard:
         if self.call.telemetry is not None:
             self.call.telemetry.finished(self.protocol.partial_message())
 
-    def failed(self, err: Exception, held: int = 0) -> Step:
+    def failed(self, err: Exception, held: list[Any] | tuple[()] = ()) -> Step:
         """`held`: events a `resume` holder keeps back, received but not recorded yet."""
-        count, last = events_received(self.protocol)
-        count += held - self.events_before
+        count, last = self.protocol.events_received()
+        count += len(held) - self.events_before
+        if held:
+            last = held[-1].type
         if isinstance(err, anthropic.APIStatusError):  # an `error` event broke the stream
             count, last = count + 1, "error"
         return self.call.failed(
@@ -193,43 +242,6 @@ class _Guard:
             return resume.sent(send, options)
 
         return send_continuation
-
-
-def events_received(protocol: StreamProtocol) -> tuple[int, str | None]:
-    """How many events of the message the protocol received, and the type of the last.
-
-    Read at a failure from what the protocol keeps anyway, so that counting adds nothing to
-    the per-event path: before the commit point the events held; after it, one
-    `message_start`, per block its start, one entry per text, thinking or JSON delta, its other
-    deltas and its stop (a block no longer open was stopped: the API sends one block at a
-    time), and `message_delta`. Pings never reach the guard (the SDK drops them).
-    """
-    if not protocol.committed:
-        held = protocol.held
-        return len(held), (held[-1].type if held else None)
-    extras = protocol.extras or {}
-    open_block = protocol.open_block
-    count = (protocol.message is not None) + (protocol.message_delta is not None)
-    open_deltas = 0
-    for index, block in protocol.blocks.items():
-        extra = extras.get(index)
-        deltas = len(block) - 1
-        if extra:
-            deltas += ("signature" in extra) + len(extra.get("citations", ()))
-            deltas += len(extra.get("other", ()))
-        if index == open_block:
-            open_deltas = deltas
-        count += 1 + deltas + (index != open_block)
-    last: str | None
-    if protocol.message_delta is not None:
-        last = "message_delta"
-    elif open_block is not None and open_block in protocol.blocks:
-        last = "content_block_delta" if open_deltas else "content_block_start"
-    elif protocol.blocks:
-        last = "content_block_stop"
-    else:
-        last = "message_start" if protocol.message is not None else None
-    return count, last
 
 
 class _Resume:
@@ -365,7 +377,7 @@ class _SyncGuard(_Guard):
                         yield from self.missing_stop()
                         call.succeeded(message=self.final_message())
                         return
-                    step = self.failed(err, len(held))
+                    step = self.failed(err, held)
                     if step.error is not None:
                         yield from protocol.take_held()
                         if step.error is err:
@@ -493,7 +505,7 @@ class _AsyncGuard(_Guard):
                             yield item
                         call.succeeded(message=self.final_message())
                         return
-                    step = self.failed(err, len(held))
+                    step = self.failed(err, held)
                     if step.error is not None:
                         for item in protocol.take_held():
                             yield item

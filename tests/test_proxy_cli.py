@@ -156,3 +156,35 @@ def test_help_lists_the_policy_options() -> None:
     assert result.returncode == 0
     for option in ("--upstream", "--max-request-bytes", "--idle-timeout", "--retry-statuses"):
         assert option in result.stdout
+
+
+def test_the_proxy_never_imports_the_sdk(server: FakeAnthropic) -> None:
+    # The proxy speaks the API's wire format itself: loading `anthropic` would cost its every
+    # start a second. A continued stream and a plain call, relayed in a process of their own.
+    reply = faults.continuable(faults.ok(faults.text("one two three four five six", deltas=6)))
+    server.script(faults.reset_after(5, reply=reply))
+    server.default(reply)
+    script = f"""
+import json, sys, urllib.request
+from sdkguard.proxy import ProxyConfig, RunningProxy
+
+with RunningProxy(ProxyConfig(port=0, upstream={server.url!r})) as proxy:
+    for stream in (True, False):
+        body = {{"model": "m", "max_tokens": 99, "stream": stream,
+                "messages": [{{"role": "user", "content": "hi"}}]}}
+        request = urllib.request.Request(
+            proxy.url + "/v1/messages", json.dumps(body).encode(),
+            {{"content-type": "application/json", "x-api-key": "k"}},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            print(response.status, len(response.read()))
+print("anthropic" in sys.modules)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    *answers, sdk_imported = done.stdout.splitlines()
+    assert [answer.split()[0] for answer in answers] == ["200", "200"]
+    assert sdk_imported == "False"
+    assert len(server.requests) == 3  # the reset, its continuation, the plain call

@@ -34,7 +34,7 @@ from sdkguard._sdk.errors import (
     request_of,
     response_of,
 )
-from sdkguard._sdk.keepalive import apply_keepalive, keepalive_socket_options, restore_keepalive
+from sdkguard._sdk.keepalive import apply_keepalive, restore_keepalive
 from sdkguard._sdk.models import (
     Frozen,
     construct,
@@ -102,7 +102,6 @@ __all__ = [
     "is_event_stream",
     "is_guarded_request",
     "is_sse",
-    "keepalive_socket_options",
     "leave_attempt",
     "make_timeout",
     "on_parsed_stream",

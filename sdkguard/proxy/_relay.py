@@ -48,7 +48,6 @@ from sdkguard._decide import (
 from sdkguard._decide import say_seconds as _say_seconds
 from sdkguard._policy import Policy
 from sdkguard._protocol import StreamProtocol, sse_data, sse_event_name
-from sdkguard._stream import events_received
 from sdkguard._wire import ERROR_STATUSES
 from sdkguard.proxy._config import ProxyConfig
 from sdkguard.proxy._resume import Resume
@@ -237,30 +236,19 @@ def _events_of_attempt(call: _Call) -> tuple[int | None, str | None]:
     last, as the library counts them (pings not counted); (None, None) when not known."""
     protocol, resume = call.protocol, call.resume
     if not protocol.committed:  # every event held, as raw bytes
-        return _held_events(protocol.held)
+        return protocol.events_received()
     if resume is not None:  # what the client got is recorded, less what came before
-        count, last = events_received(resume.delivered)
+        count, last = resume.delivered.events_received()
         count -= call.events_before
         if resume.held:  # blocks the holder keeps back: received, not recorded yet
             count += len(resume.held)
             last = resume.held[-1][0]
         return count, last
     if protocol.keep_content:  # a converted call without resume: the protocol records all
-        return events_received(protocol)
+        return protocol.events_received()
     # A stream relayed as bytes (`resume` off): no event after the commit point is looked
     # at, and counting them would cost every read.
     return None, None
-
-
-def _held_events(held: list[bytes]) -> tuple[int, str | None]:
-    """The message's events among raw events held before the commit point: pings, and
-    anything without an `event:` name, are no events of the message (the SDKs drop them)."""
-    count, last = 0, None
-    for event in held:
-        kind = sse_event_name(event)
-        if kind and kind != "ping":
-            count, last = count + 1, kind
-    return count, last
 
 
 # -- the watchdog --------------------------------------------------------------------------------
@@ -1017,7 +1005,7 @@ class Relay:
         )
         await asyncio.sleep(decision.wait)
         resume.begin()
-        call.events_before = events_received(resume.delivered)[0]
+        call.events_before = resume.delivered.events_received()[0]
         return "continued"
 
     async def _after_content(self, call: _Call, failed: _Failed) -> None:

@@ -20,6 +20,7 @@ from yarl import URL
 
 from sdkguard._decide import Failure, Phase, classify_exception, errno_name
 from sdkguard._policy import Policy
+from sdkguard._sockets import keepalive_socket_options
 
 __all__ = ["Upstream", "errno_of", "failure_of"]
 
@@ -163,8 +164,6 @@ def _keepalive_socket_factory(
     """Sockets with the policy's TCP keepalive: a vanished upstream is noticed in seconds."""
     if keepalive is None:
         return None
-    from sdkguard._sdk import keepalive_socket_options
-
     options = keepalive_socket_options(keepalive)
 
     def make(addr_info: Any) -> socket.socket:
