@@ -321,3 +321,25 @@ def test_a_continued_stream(server: FakeAnthropic, flavour: str) -> None:
     assert 0 < continuation.events_received < len(content_events(sent))
     assert continuation.last_event == "content_block_delta"
     assert (first.errno, continuation.errno) == ("ECONNRESET", "ECONNRESET")
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_block_held_back_counts_and_names_its_events(server: FakeAnthropic, flavour: str) -> None:
+    # With resume on, a tool call is held until the message goes past it: a reset inside it
+    # received its start and deltas, none delivered yet, and the last of them is a delta.
+    events: list[sdkguard.RetryEvent] = []
+    install(events, resume=True)
+    reply = faults.continuable(
+        faults.ok(
+            faults.text("Checking, one moment.", deltas=2),
+            faults.tool_use("get_weather", {"city": "Paris"}, id="toolu_f", deltas=3),
+        )
+    )
+    # message_start, ping, text start, 2 deltas, text stop, tool start, 2 of its 3 deltas
+    server.script(faults.reset_after(8, reply=reply))
+    server.default(reply)
+    seen = read_stream(flavour, server)
+    assert seen.count("message_start") == 1 and seen[-1] == "message_stop"
+    (first,) = events
+    assert first.continued
+    assert (first.events_received, first.last_event) == (7, "content_block_delta")
