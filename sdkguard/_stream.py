@@ -359,10 +359,24 @@ class _SyncGuard(_Guard):
         try:
             while True:
                 inner = self.inner
-                holder, held = Holder(), list[Any]()
+                holder, held, blocks = Holder(), list[Any](), protocol.blocks
                 try:
                     for event in inner:
                         if resume.splicer is None:
+                            # A text delta passed on, nearly every event: recorded inline
+                            # as in `events` (a delta never changes what the holder does).
+                            fields = getattr(event, "__dict__", _NO_FIELDS)
+                            if fields.get("type") == "content_block_delta" and (
+                                protocol.committed and not holder.holding
+                            ):
+                                delta = fields["delta"].__dict__
+                                if delta.get("type") == "text_delta":
+                                    try:  # noqa: SIM105 (as in `events`)
+                                        blocks[fields["index"]].append(delta["text"])
+                                    except KeyError:  # a block that never started
+                                        pass
+                                    yield event
+                                    continue
                             yield from self.deliver(event, holder, held)
                             continue
                         for item in self.spliced(event):
@@ -487,9 +501,23 @@ class _AsyncGuard(_Guard):
         try:
             while True:
                 inner = self.inner
-                holder, held = Holder(), list[Any]()
+                holder, held, blocks = Holder(), list[Any](), protocol.blocks
                 try:
                     async for event in inner:
+                        if resume.splicer is None:
+                            # A text delta passed on: recorded inline, as in the sync guard.
+                            fields = getattr(event, "__dict__", _NO_FIELDS)
+                            if fields.get("type") == "content_block_delta" and (
+                                protocol.committed and not holder.holding
+                            ):
+                                delta = fields["delta"].__dict__
+                                if delta.get("type") == "text_delta":
+                                    try:  # noqa: SIM105 (as in `events`)
+                                        blocks[fields["index"]].append(delta["text"])
+                                    except KeyError:  # a block that never started
+                                        pass
+                                    yield event
+                                    continue
                         items = [event] if resume.splicer is None else self.spliced(event)
                         for item in items:
                             for out in self.deliver(item, holder, held):
