@@ -25,7 +25,6 @@ from sdkguard._decide import (
     Failure,
     Phase,
     Received,
-    classify_exception,
     classify_sse_error,
     classify_status,
     errno_name,
@@ -221,7 +220,7 @@ class GuardedCall:
                 wall_now=time.time(),
                 client_should_retry=lambda: self._unsettled().client_would_retry(response),
             )
-        return classify_exception(err, phase=phase, stream=self.stream)
+        return _sdk.classify_exception(err, phase=phase, stream=self.stream)
 
     def failed(
         self,

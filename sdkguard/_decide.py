@@ -19,16 +19,21 @@ from typing import Literal
 from sdkguard._policy import Policy
 
 __all__ = [
+    "CLIENT_TIMEOUT",
+    "CONNECTION_ERROR",
+    "RETRY_REQUESTED",
     "AttemptRecord",
     "CallState",
     "Decision",
     "Failure",
     "Received",
     "RetryBudget",
-    "classify_exception",
+    "chain_of",
     "classify_sse_error",
     "classify_status",
+    "classify_transport",
     "errno_name",
+    "is_transport_error",
     "parse_retry_after",
     "say_seconds",
 ]
@@ -121,7 +126,7 @@ NOTHING_KNOWN = Received()
 
 def errno_name(err: BaseException) -> str | None:
     """The symbolic errno of the first `OSError` with one in `err`'s chain (`ECONNRESET`)."""
-    for item in _chain(err):
+    for item in chain_of(err):
         number = item.errno if isinstance(item, OSError) else None
         if isinstance(number, int) and number > 0:
             # A socket.gaierror's errno is an EAI_ code, not an errno.
@@ -365,7 +370,7 @@ def classify_sse_error(error_type: str | None) -> Failure:
     return Failure(name, f"stream error event {name}", name in RETRYABLE_SSE_ERRORS)
 
 
-def _chain(err: BaseException) -> list[BaseException]:
+def chain_of(err: BaseException) -> list[BaseException]:
     """`err`, its causes and contexts, and the members of exception groups among them.
 
     On trio a refused connection is an `OSError` caused by a group of per-address errors.
@@ -439,26 +444,26 @@ def _os_failure(err: OSError, phase: Phase) -> Failure | None:
     return None
 
 
-def classify_exception(err: BaseException, *, phase: Phase, stream: bool) -> Failure | None:
-    """A transport failure, or None when `err` is not a failure of the network or of the API.
+RETRY_REQUESTED = Failure("retryable_error", "retry requested by middleware", True)
+CLIENT_TIMEOUT = Failure("timeout", "request timed out", True, None, True)
+"""A client's own timeout, with no transport error behind it to say more."""
+CONNECTION_ERROR = Failure("connection_error", "connection error", True)
 
-    `err` is what the SDK raised: an `APIConnectionError` whose cause is the transport error,
-    or, while a body is read, the raw transport error itself.
+
+def classify_transport(err: BaseException, *, phase: Phase, stream: bool) -> Failure | None:
+    """A failure of the network, the transport or the transfer anywhere in `err`'s chain
+    (`OSError`s, httpx's and httpcore's errors, corrupt bytes), or None.
+
+    What a client library raises around them (the SDK's `APIConnectionError`) is the caller's
+    to read: `_sdk.classify_exception` for the library, the proxy's own for aiohttp.
     """
-    from anthropic import APIConnectionError, APITimeoutError
-
-    from sdkguard._sdk import RetryableError
-
     if isinstance(err, json.JSONDecodeError):
         # Raised by the SDK parsing a 2xx body or an event's data: a corrupt transfer.
         return Failure("malformed_answer", "the answer is not valid JSON", True)
     if isinstance(err, UnicodeDecodeError):
         # The SDK decoding a body or an SSE line: corrupt bytes, as much as invalid JSON.
         return Failure("malformed_answer", "the answer is not valid UTF-8", True)
-    chain = _chain(err)
-    for item in chain:
-        if isinstance(item, RetryableError):
-            return Failure("retryable_error", "retry requested by middleware", True)
+    chain = chain_of(err)
     connecting = ("ConnectTimeout", "ConnectError")
     if not any(_is_http_library_error(item, name) for item in chain for name in connecting):
         for item in chain:
@@ -513,20 +518,10 @@ def classify_exception(err: BaseException, *, phase: Phase, stream: bool) -> Fai
         # of the connection, and no retry mends it.
         if type(item) is RuntimeError and item.args == ("Event loop is closed",):
             return _CLOSED_LOOP
-    for item in chain:
-        if isinstance(item, APITimeoutError):
-            return Failure("timeout", "request timed out", True, None, True)
-        if isinstance(item, APIConnectionError):
-            # The SDK wraps whatever sending raised into APIConnectionError: a transport
-            # failure, but also a closed client or an exception from the user's event hook,
-            # which no retry mends.
-            if item.__cause__ is not None and not any(map(_is_transport_error, chain)):
-                return None
-            return Failure("connection_error", "connection error", True)
     return None
 
 
-def _is_transport_error(err: BaseException) -> bool:
+def is_transport_error(err: BaseException) -> bool:
     """A failure of the transport (httpx or httpcore `TransportError`, an `OSError`), except
     `UnsupportedProtocol`: a URL no retry can send."""
     if isinstance(err, OSError):

@@ -6,6 +6,8 @@ import errno
 import json
 import socket
 import ssl
+import subprocess
+import sys
 import time
 
 import pytest
@@ -25,12 +27,11 @@ from sdkguard._decide import (
     Failure,
     Phase,
     RetryBudget,
-    classify_exception,
     classify_sse_error,
     classify_status,
     parse_retry_after,
 )
-from sdkguard._sdk import http
+from sdkguard._sdk import classify_exception, http
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -453,3 +454,18 @@ def test_other_runtime_errors_from_sending_are_not_retried(cause: RuntimeError) 
 def test_a_short_wait_is_noted_in_milliseconds(wait: float, said: str) -> None:
     record = AttemptRecord(2, "status_529", "HTTP 529", 0.1, wait)
     assert record.note(5) == f"attempt 2 of 5: status_529 after 0.10 s; waited {said}"
+
+
+def test_the_core_imports_no_client_library() -> None:
+    # The decision core, the stream protocol and the continuation are shared by the library
+    # and the proxy, which never loads the SDK (a second of its start, or of its first failure).
+    code = (
+        "import sys\n"
+        "import sdkguard._continuation, sdkguard._decide, sdkguard._protocol, sdkguard._sockets\n"
+        "refused = ConnectionRefusedError(111, 'refused')\n"
+        "assert sdkguard._decide.classify_transport(refused, phase='response', stream=True)\n"
+        "print(sorted(m for m in ('anthropic', 'httpx', 'httpx2', 'aiohttp') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

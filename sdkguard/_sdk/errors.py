@@ -4,8 +4,47 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdkguard._sdk.release import http
+import anthropic
+
+from sdkguard._decide import (
+    CLIENT_TIMEOUT,
+    CONNECTION_ERROR,
+    RETRY_REQUESTED,
+    Failure,
+    Phase,
+    chain_of,
+    classify_transport,
+    is_transport_error,
+)
+from sdkguard._sdk.release import RetryableError, http
 from sdkguard._wire import BEDROCK_EXCEPTIONS
+
+
+def classify_exception(err: BaseException, *, phase: Phase, stream: bool) -> Failure | None:
+    """What the SDK raised as a failure to retry, or None when it is not the network's or the
+    API's doing.
+
+    `err` is an `APIConnectionError` whose cause is the transport error, or, while a body is
+    read, the raw transport error itself: the transport's error says the most
+    (`_decide.classify_transport`), the SDK's wrapper only what is left.
+    """
+    chain = chain_of(err)
+    if any(isinstance(item, RetryableError) for item in chain):
+        return RETRY_REQUESTED
+    failure = classify_transport(err, phase=phase, stream=stream)
+    if failure is not None:
+        return failure
+    for item in chain:
+        if isinstance(item, anthropic.APITimeoutError):
+            return CLIENT_TIMEOUT
+        if isinstance(item, anthropic.APIConnectionError):
+            # The SDK wraps whatever sending raised into APIConnectionError: a transport
+            # failure, but also a closed client or an exception from the user's event hook,
+            # which no retry mends.
+            if item.__cause__ is not None and not any(map(is_transport_error, chain)):
+                return None
+            return CONNECTION_ERROR
+    return None
 
 
 def request_of(err: BaseException) -> Any:

@@ -2,7 +2,7 @@
 
 `failure_of` is the ONE place that maps aiohttp's exceptions to the decision core's
 `Failure`s (in the manner of httpx's table of transport errors); anything carrying an OS error
-with an errno goes through `_decide.classify_exception`, so a reset, a refusal or a DNS failure
+with an errno goes through `_decide.classify_transport`, so a reset, a refusal or a DNS failure
 has the same reason and the same words as in the library. `errno_of` names their errno alike.
 """
 
@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import client_exceptions as errors
 from yarl import URL
 
-from sdkguard._decide import Failure, Phase, classify_exception, errno_name
+from sdkguard._decide import Failure, Phase, classify_transport, errno_name
 from sdkguard._policy import Policy
 from sdkguard._sockets import keepalive_socket_options
 
@@ -71,7 +71,7 @@ def _os_error(err: BaseException, phase: Phase) -> Failure | None:
     os_error = getattr(err, "os_error", None) or err
     if isinstance(os_error, OSError) and os_error.errno is not None:
         os_error = OSError(os_error.errno, os_error.strerror or str(os_error))
-    return classify_exception(os_error, phase=phase, stream=True)
+    return classify_transport(os_error, phase=phase, stream=True)
 
 
 def _connect(err: BaseException, phase: Phase) -> Failure | None:
