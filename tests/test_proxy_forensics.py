@@ -30,7 +30,7 @@ from sdkguard.proxy import RunningProxy
 from tests.test_proxy import ARGS, HELLO, SECRET_KEY, start_proxy
 from tests.test_proxy_telemetry import PROMPT, Recorded
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.sdk_independent, pytest.mark.timeout(60)]
 
 FORENSICS = (
     "anthropic.request.id",
