@@ -165,7 +165,7 @@ def sample(server: ServerProcess, variant: str, deltas: int) -> dict[str, float]
             for event in stream:
                 if event.type == "content_block_delta":
                     arrivals.append(time.perf_counter())
-                    text.append(event.delta.text)  # type: ignore[union-attr]
+                    text.append(getattr(event.delta, "text", ""))  # typed per SDK release
                 elif event.type == "message_start":
                     starts += 1
         end = time.perf_counter()
