@@ -127,10 +127,12 @@ def test_a_fault_before_content_is_invisible(
     server.script(BEFORE_CONTENT[fault], faults.ok())
     text, events = read_sync(plain_client, mode)
     assert text == HELLO
-    assert len(server.requests) == 2
+    # The fault's attempt, then the one that answered (a loaded machine can stall a healthy
+    # stream past the short limits here: more attempts, as invisible)
+    assert len(server.requests) >= 2 and server.sent[0].fault != "ok"
     if events is not None:  # one clean stream: exactly what the last attempt sent
         seen = [(e.type, e.to_dict()) for e in events]
-        assert seen == server.sent[1].content_events()
+        assert seen == server.sent[-1].content_events()
     if mode == "create":  # a plain call went upstream as a stream, answered as the message
         assert all(r.body["stream"] is True for r in server.requests)
 
