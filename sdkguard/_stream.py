@@ -233,16 +233,6 @@ class _Guard:
         out = resume.splicer.feed(_sdk.wire_dict(event))
         return [_sdk.construct(self.event_class, data) for data in out]
 
-    def continuation_options(self, send: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        """`send` for a continuation: prefill first, the user turn at once on its refusal."""
-        resume = self.resume
-        assert resume is not None
-
-        def send_continuation(options: Any) -> Any:
-            return resume.sent(send, options)
-
-        return send_continuation
-
 
 class _Resume:
     """What continuing one message needs: the original request, what each attempt billed,
